@@ -1,0 +1,41 @@
+"""The ``spikeclip`` command: git-style subcommands, each a module with its own ``main(argv)``.
+
+Every subcommand is also ``python -m <module>``; this file only dispatches and holds no logic.
+"""
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    'info': ('open_clip_spike.info', 'build a registered model and print its parameters, T, input and output shapes'),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ['usage: spikeclip <command> [options]', '', 'commands:']
+    lines += [f'  {name:<{width}}  {help_}' for name, (_, help_) in COMMANDS.items()]
+    lines += ['', "Run 'spikeclip <command> --help' for a command's options."]
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return 0
+    if argv[0] == '--version':
+        from open_clip_spike import __version__
+        print(f'spikeclip {__version__}')
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"spikeclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

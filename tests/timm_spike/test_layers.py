@@ -1,0 +1,43 @@
+import pytest
+import torch
+from spikingjelly.activation_based import neuron
+
+from timm_spike.layers import LIFConfig, TemporalReadout, create_lif
+
+
+def test_stateless_lif_matches_spikingjelly_from_rest():
+    x = torch.rand(4, 3, 10) * 3
+    ref = neuron.LIFNode(tau=2.0, detach_reset=True, step_mode='m')
+    lif = create_lif()
+    assert torch.equal(lif(x), ref(x))
+    # A second call starts again from rest (the plain LIFNode carries its membrane over).
+    assert torch.equal(lif(x), lif(x))
+    assert not torch.equal(ref(x), lif(x))
+
+
+def test_lif_by_hand():
+    # tau 2, threshold 1, hard reset to 0, decay_input: v <- v + (x - v) / 2, spike when v >= 1
+    x = torch.tensor([[1.5], [1.5], [0.4], [2.0]])
+    s = create_lif()(x)
+    # v: 0.75 -> 1.125 (spike, reset) -> 0.2 -> 1.1 (spike)
+    assert s.flatten().tolist() == [0., 1., 0., 1.]
+
+
+def test_lif_config_validation():
+    assert LIFConfig(tau=3).tau == 3.0 and isinstance(LIFConfig(tau=3).tau, float)
+    with pytest.raises(ValueError, match='tau'):
+        LIFConfig(tau=1.0)
+    with pytest.raises(ValueError, match='surrogate'):
+        LIFConfig(surrogate='nope')
+    with pytest.raises(TypeError):
+        LIFConfig.from_any(3)
+
+
+def test_readout():
+    x = torch.randn(3, 2, 4)
+    assert torch.allclose(TemporalReadout(3)(x), x.mean(0))
+    assert torch.allclose(TemporalReadout(7)(x), x.mean(0))  # the mean works for any T
+    w = TemporalReadout(3, 'weighted')
+    assert torch.allclose(w(x), x.mean(0), atol=1e-6)
+    with pytest.raises(ValueError, match='readout'):
+        TemporalReadout(3, 'max')

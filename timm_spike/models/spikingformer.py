@@ -1,0 +1,545 @@
+""" Spikingformer: spike-driven residual learning for Transformer-based SNNs
+
+A timm implementation of
+    `Spikingformer: Spike-driven Residual Learning for Transformer-based Spiking Neural Network`
+    - https://arxiv.org/abs/2304.11954 (Zhou et al., 2023)
+and of the SpikeCLIP image encoder built on it
+    `SpikeCLIP: A Contrastive Language-Image Pretrained Spiking Neural Network`
+    - https://arxiv.org/abs/2310.06488 (Lv et al., 2023)
+
+Tensors inside the network are time-major, [T, B, C, H, W]. A [B, C, H, W] image is direct-encoded
+(presented at each of the T time steps); a [T, B, C, H, W] input is taken as an already encoded sequence.
+Neurons are spikingjelly 2.x multi-step LIF neurons that start every call from rest, so each forward is
+independent of the previous one.
+
+Where the two reference codes differ, this file follows Spikingformer and keeps the other behind a flag:
+- ``pool_order='spike'`` (default): LIF -> MaxPool -> Conv in the tokenizer, pooling spikes (Spikingformer);
+  ``'real'``: MaxPool -> LIF, pooling the real-valued BN output (the SpikeCLIP code).
+- readout over time: the mean (Spikingformer) or a normalised learned weighting (``readout='weighted'``);
+  the SpikeCLIP code's un-normalised weights, fixed to T=4, are not reproduced.
+"""
+import logging
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from spikingjelly.activation_based import layer
+from torch.utils.checkpoint import checkpoint
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, create_lif, encode_direct
+
+__all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
+
+_logger = logging.getLogger(__name__)
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+
+# Tokenizer layouts: which of the 5 conv stages get a stride-2 max-pool on their input.
+STEM_POOL_STAGES = {
+    'cifar': (3, 4),  # 32x32 -> 8x8 = 64 tokens
+    'imagenet': (1, 2, 3, 4),  # 224x224 -> 14x14 = 196 tokens
+}
+POOL_ORDERS = ('spike', 'real')
+
+
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    # timm's DropPath drops along dim 0, which is time here; drop whole samples (dim 1) at every step instead.
+    if p == 0. or not training:
+        return x
+    keep = 1. - p
+    mask = x.new_empty((1, x.shape[1]) + (1,) * (x.ndim - 2)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class TokenizerStage(nn.Module):
+    """[LIF] -> [MaxPool] -> Conv3x3 -> BN (or MaxPool before LIF with pool_order='real')."""
+
+    def __init__(self, in_chs: int, out_chs: int, spike_input: bool, pool: bool, pool_order: str, lif_cfg: LIFConfig):
+        super().__init__()
+        self.pool_order = pool_order
+        self.lif = create_lif(lif_cfg) if spike_input else None
+        self.pool = layer.MaxPool2d(kernel_size=3, stride=2, padding=1, step_mode='m') if pool else None
+        self.conv = layer.Conv2d(in_chs, out_chs, kernel_size=3, stride=1, padding=1, bias=False, step_mode='m')
+        self.bn = layer.BatchNorm2d(out_chs, step_mode='m')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None and self.pool_order == 'real':
+            x = self.pool(x)
+        if self.lif is not None:
+            x = self.lif(x)
+        if self.pool is not None and self.pool_order == 'spike':
+            x = self.pool(x)
+        return self.bn(self.conv(x))
+
+
+class SpikingTokenizer(nn.Module):
+    """Spiking tokenizer (Spikingformer's stem): 5 conv stages, widths C/8, C/4, C/2, C, C."""
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            embed_dim: int = 384,
+            pool_stages: Sequence[int] = STEM_POOL_STAGES['cifar'],
+            pool_order: str = 'spike',
+            lif_cfg: Optional[LIFConfig] = None,
+    ):
+        super().__init__()
+        if pool_order not in POOL_ORDERS:
+            raise ValueError(f'Unknown pool_order {pool_order!r}; choose one of {POOL_ORDERS}')
+        if embed_dim % 8:
+            raise ValueError(f'embed_dim must be divisible by 8 for the tokenizer, got {embed_dim}')
+        widths = [in_chans, embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim, embed_dim]
+        self.stages = nn.ModuleList([
+            TokenizerStage(widths[i], widths[i + 1], spike_input=i > 0, pool=i in pool_stages,
+                           pool_order=pool_order, lif_cfg=lif_cfg)
+            for i in range(5)
+        ])
+        self.stride = 2 ** len(pool_stages)
+
+    def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        # x: [T', B, C, H, W]. A direct-encoded image arrives as T'=1: the first stage (conv + BN, no
+        # neuron) gives the same result at every step, so it runs once and is then repeated T times.
+        x = self.stages[0](x)
+        if x.shape[0] == 1 and T > 1:
+            x = encode_direct(x[0], T)
+        for stage in self.stages[1:]:
+            x = stage(x)
+        return x
+
+
+class SpikingSelfAttention(nn.Module):
+    """Spiking self-attention: q, k, v are spikes, no softmax; attn = q (k^T v) * scale."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            attn_scale: float = 0.125,
+            attn_threshold: float = 0.5,
+            lif_cfg: Optional[LIFConfig] = None,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim {dim} must be divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.scale = attn_scale
+        self.in_lif = create_lif(lif_cfg)
+        for n in ('q', 'k', 'v'):
+            setattr(self, f'{n}_conv', layer.Conv1d(dim, dim, kernel_size=1, bias=False, step_mode='m'))
+            setattr(self, f'{n}_bn', layer.BatchNorm1d(dim, step_mode='m'))
+            setattr(self, f'{n}_lif', create_lif(lif_cfg))
+        self.attn_lif = create_lif(lif_cfg, v_threshold=attn_threshold)
+        self.proj_conv = layer.Conv1d(dim, dim, kernel_size=1, step_mode='m')
+        self.proj_bn = layer.BatchNorm1d(dim, step_mode='m')
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, N = x.shape
+        return x.reshape(T, B, self.num_heads, C // self.num_heads, N).transpose(-1, -2)  # T B h N d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        x = self.in_lif(x).flatten(3)  # T B C N
+        q = self._heads(self.q_lif(self.q_bn(self.q_conv(x))))
+        k = self._heads(self.k_lif(self.k_bn(self.k_conv(x))))
+        v = self._heads(self.v_lif(self.v_bn(self.v_conv(x))))
+        # Without softmax the product associates: q (k^T v) costs N d^2 instead of N^2 d and equals (q k^T) v.
+        x = (q @ (k.transpose(-2, -1) @ v)) * self.scale  # T B h N d
+        x = x.transpose(-1, -2).reshape(T, B, C, H * W)
+        x = self.proj_bn(self.proj_conv(self.attn_lif(x)))
+        return x.reshape(T, B, C, H, W)
+
+
+class SpikingMLP(nn.Module):
+    """LIF -> 1x1 conv + BN -> LIF -> 1x1 conv + BN."""
+
+    def __init__(self, dim: int, hidden_dim: int, lif_cfg: Optional[LIFConfig] = None):
+        super().__init__()
+        self.fc1_lif = create_lif(lif_cfg)
+        self.fc1_conv = layer.Conv2d(dim, hidden_dim, kernel_size=1, step_mode='m')
+        self.fc1_bn = layer.BatchNorm2d(hidden_dim, step_mode='m')
+        self.fc2_lif = create_lif(lif_cfg)
+        self.fc2_conv = layer.Conv2d(hidden_dim, dim, kernel_size=1, step_mode='m')
+        self.fc2_bn = layer.BatchNorm2d(dim, step_mode='m')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc1_bn(self.fc1_conv(self.fc1_lif(x)))
+        return self.fc2_bn(self.fc2_conv(self.fc2_lif(x)))
+
+
+class SpikingformerBlock(nn.Module):
+    """Spike-driven residual block: x + SSA(x), then x + MLP(x); each branch starts with a LIF."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mlp_ratio: float = 4.,
+            attn_scale: float = 0.125,
+            attn_threshold: float = 0.5,
+            drop_path: float = 0.,
+            lif_cfg: Optional[LIFConfig] = None,
+    ):
+        super().__init__()
+        self.attn = SpikingSelfAttention(dim, num_heads, attn_scale, attn_threshold, lif_cfg)
+        self.mlp = SpikingMLP(dim, int(dim * mlp_ratio), lif_cfg)
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + _drop_path(self.attn(x), self.drop_path, self.training)
+        return x + _drop_path(self.mlp(x), self.drop_path, self.training)
+
+
+class Spikingformer(nn.Module):
+    """Spikingformer with timm's model API.
+
+    ``forward_features`` returns the time-major feature map [T, B, C, H, W]; ``forward_head`` pools the
+    tokens, reads out over time and applies the head, so ``forward_head(forward_features(x)) == forward(x)``.
+    ``forward_intermediates`` returns per-block maps averaged over time, [B, C, H, W].
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 32,
+            in_chans: int = 3,
+            num_classes: int = 10,
+            global_pool: str = 'avg',
+            embed_dim: int = 384,
+            depth: int = 4,
+            num_heads: int = 12,
+            mlp_ratio: float = 4.,
+            T: int = 4,
+            readout: str = 'mean',
+            stem: str = 'cifar',
+            pool_order: str = 'spike',
+            attn_scale: float = 0.125,
+            attn_threshold: float = 0.5,
+            lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]] = None,
+            dynamic_img_size: bool = False,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        """
+        Args:
+            img_size: Input image size.
+            in_chans: Number of input channels.
+            num_classes: Head outputs (classes, or the embedding width of a CLIP projection); 0 for no head.
+            global_pool: 'avg' (mean over tokens) or '' (no pooling; needs num_classes=0).
+            embed_dim: Width of the tokens.
+            depth: Number of blocks.
+            num_heads: Attention heads.
+            mlp_ratio: MLP hidden width / embed_dim.
+            T: Time steps (any integer >= 1).
+            readout: Combination over time, 'mean' or 'weighted'.
+            stem: Tokenizer layout, 'cifar' (stride 4) or 'imagenet' (stride 16).
+            pool_order: 'spike' (LIF -> MaxPool, Spikingformer) or 'real' (MaxPool -> LIF, SpikeCLIP code).
+            attn_scale: Scale of the attention product.
+            attn_threshold: Threshold of the LIF after the attention product.
+            lif_cfg: LIF parameters (``LIFConfig`` or dict: tau, v_threshold, v_reset, detach_reset,
+                decay_input, surrogate, surrogate_alpha).
+            dynamic_img_size: Accept any input size the tokenizer can take, not only img_size.
+            drop_rate: Dropout before the head.
+            drop_path_rate: Stochastic depth rate.
+        """
+        super().__init__()
+        if stem not in STEM_POOL_STAGES:
+            raise ValueError(f'Unknown stem {stem!r}; choose one of {sorted(STEM_POOL_STAGES)}')
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
+        self.T = check_time_steps(T)
+        self.lif_cfg = LIFConfig.from_any(lif_cfg)
+        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+
+        self.patch_embed = SpikingTokenizer(in_chans, embed_dim, STEM_POOL_STAGES[stem], pool_order, self.lif_cfg)
+        self.stride = self.patch_embed.stride
+        for s in self.img_size:
+            self._check_size(s, 'img_size')
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.Sequential(*[
+            SpikingformerBlock(embed_dim, num_heads, mlp_ratio, attn_scale, attn_threshold, dpr[i], self.lif_cfg)
+            for i in range(depth)
+        ])
+        self.feature_info = [
+            dict(num_chs=embed_dim, reduction=self.stride, module=f'blocks.{i}') for i in range(depth)]
+        self.readout = TemporalReadout(self.T, readout)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = self._make_head(num_classes)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if num_classes and not self.global_pool:
+            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
+        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _check_size(self, size: int, what: str):
+        if size < self.stride or size % self.stride:
+            raise ValueError(
+                f'{what} {size} is not supported: the spiking tokenizer downsamples by {self.stride}, '
+                f'so height and width must be positive multiples of {self.stride}')
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'readout.logits'}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^patch_embed',
+            blocks=r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^readout', (99999,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        # Safe with these neurons: each block call starts from rest, so the recompute matches the first pass.
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = self._make_head(num_classes)
+
+    def _encode_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Validate the input; return [T', B, C, H, W] with T' = 1 for a direct-encoded image."""
+        if x.ndim == 4:
+            x = x.unsqueeze(0)
+        elif x.ndim != 5:
+            raise ValueError(
+                f'Expected an image batch [B, C, H, W] or an encoded sequence [T, B, C, H, W], got shape {tuple(x.shape)}')
+        if x.shape[2] != self.in_chans:
+            raise ValueError(f'Expected {self.in_chans} input channels, got {x.shape[2]} (input shape {tuple(x.shape)})')
+        H, W = x.shape[-2:]
+        if self.dynamic_img_size:
+            self._check_size(H, 'Input height')
+            self._check_size(W, 'Input width')
+        elif (H, W) != self.img_size:
+            raise ValueError(
+                f'Input size {H}x{W} does not match the model input size {self.img_size[0]}x{self.img_size[1]}; '
+                f'resize the images (timm.data.resolve_model_data_config + create_transform do it) '
+                f'or build the model with dynamic_img_size=True')
+        return x
+
+    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]):
+        for blk in blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+            yield x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(self._encode_input(x), self.T)
+        for x in self._run_blocks(x, self.blocks):
+            pass
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.flatten(3).mean(3)  # T B C
+        x = self.readout(x)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates.
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n blocks if int, all if None, select matching indices if sequence.
+            norm: Unused (the model has no norm layer).
+            stop_early: Stop iterating over blocks when last desired intermediate hit.
+            output_fmt: 'NCHW' or 'NLC'; each intermediate is the block output averaged over time.
+            intermediates_only: Only return intermediate features.
+
+        Returns:
+            The final [T, B, C, H, W] features and the list of intermediates, or just the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        blocks = self.blocks if not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        x = self.patch_embed(self._encode_input(x), self.T)
+        for i, x in enumerate(self._run_blocks(x, blocks)):
+            if i in take_indices:
+                y = x.mean(0)
+                intermediates.append(y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks (and optionally the head) not needed for the given intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+
+# Spikingformer's own repository names (block.N, patch_embed.projK_*, mlpK_*) -> this file's names.
+_KEY_RENAMES = [
+    (r'^block\.', 'blocks.'),
+    (r'^patch_embed\.proj_(conv|bn)\.', r'patch_embed.stages.0.\1.'),
+    (r'^patch_embed\.proj(\d)_(conv|bn)\.', lambda m: f'patch_embed.stages.{m[1]}.{m[2]}.'),
+    (r'\.attn\.proj_lif\.', '.attn.in_lif.'),
+    (r'\.mlp\.mlp(\d)_(conv|bn)\.', r'.mlp.fc\1_\2.'),
+]
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Spikingformer) -> Dict[str, torch.Tensor]:
+    """Map Spikingformer reference checkpoints to this layout and refuse a checkpoint of another config."""
+    state_dict = state_dict.get('model', state_dict.get('state_dict', state_dict))
+    out = {}
+    for k, v in state_dict.items():
+        k = k.removeprefix('module.')
+        for pattern, repl in _KEY_RENAMES:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(out))
+    unexpected = sorted(set(out) - set(expected))
+    shapes = [f'{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}'
+              for k in expected if k in out and out[k].shape != expected[k].shape]
+    if missing or unexpected or shapes:
+        def _few(items):
+            return ', '.join(items[:8]) + (f' ... ({len(items)} in all)' if len(items) > 8 else '')
+        problems = []
+        if shapes:
+            problems.append(f'shape mismatches: {_few(shapes)}')
+        if missing:
+            problems.append(f'missing keys: {_few(missing)}')
+        if unexpected:
+            problems.append(f'unexpected keys: {_few(unexpected)}')
+        raise ValueError(
+            'The checkpoint does not fit this model configuration (was it saved from another variant, '
+            'embed_dim, depth, readout or num_classes?): ' + '; '.join(problems))
+    return out
+
+
+def _create_spikingformer(variant: str, pretrained: bool = False, **kwargs) -> Spikingformer:
+    out_indices = kwargs.pop('out_indices', 3)
+    return build_model_with_cfg(
+        Spikingformer,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
+        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': CIFAR_MEAN, 'std': CIFAR_STD,
+        'first_conv': 'patch_embed.stages.0.conv', 'classifier': 'head',
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+_imagenet = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+
+default_cfgs = generate_default_cfgs({
+    'spikingformer_4_256': _cfg(),
+    'spikingformer_2_384': _cfg(),
+    'spikingformer_4_384': _cfg(),
+    'spikingformer_8_384': _cfg(**_imagenet),
+    'spikingformer_8_512': _cfg(**_imagenet),
+    'spikingformer_8_768': _cfg(**_imagenet),
+    # SpikeCLIP image encoder: CLIP-normalised images resized to 32x32; the head is the 512-d projection.
+    'spikingformer_clip': _cfg(num_classes=512, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+})
+
+
+@register_model
+def spikingformer_4_256(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-4-256, CIFAR (32x32, T=4)."""
+    model_args = dict(embed_dim=256, depth=4, num_heads=16, stem='cifar')
+    return _create_spikingformer('spikingformer_4_256', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_2_384(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-2-384, CIFAR (32x32, T=4)."""
+    model_args = dict(embed_dim=384, depth=2, num_heads=12, stem='cifar')
+    return _create_spikingformer('spikingformer_2_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_4_384(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-4-384, CIFAR (32x32, T=4)."""
+    model_args = dict(embed_dim=384, depth=4, num_heads=12, stem='cifar')
+    return _create_spikingformer('spikingformer_4_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_8_384(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-8-384, ImageNet (224x224, T=4)."""
+    model_args = dict(img_size=224, num_classes=1000, embed_dim=384, depth=8, num_heads=12, stem='imagenet')
+    return _create_spikingformer('spikingformer_8_384', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_8_512(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-8-512, ImageNet (224x224, T=4)."""
+    model_args = dict(img_size=224, num_classes=1000, embed_dim=512, depth=8, num_heads=8, stem='imagenet')
+    return _create_spikingformer('spikingformer_8_512', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_8_768(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """Spikingformer-8-768, ImageNet (224x224, T=4)."""
+    model_args = dict(img_size=224, num_classes=1000, embed_dim=768, depth=8, num_heads=12, stem='imagenet')
+    return _create_spikingformer('spikingformer_8_768', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def spikingformer_clip(pretrained: bool = False, **kwargs) -> Spikingformer:
+    """SpikeCLIP image encoder: Spikingformer-4-384, 8 heads, 32x32, T=4, 512-d CLIP projection head."""
+    model_args = dict(num_classes=512, embed_dim=384, depth=4, num_heads=8, stem='cifar', T=4)
+    return _create_spikingformer('spikingformer_clip', pretrained=pretrained, **dict(model_args, **kwargs))
