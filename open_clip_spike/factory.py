@@ -1,0 +1,62 @@
+"""Registration of the SpikeCLIP model configs with open_clip, and the one patch of open_clip it needs.
+
+Written for open_clip_torch 3.3.0. open_clip has no model-class registry: ``open_clip.create_model`` builds
+``CLIP``, or ``CustomTextCLIP`` when the config says ``"custom_text": true``, by looking the class up in
+``open_clip.factory``'s globals. The patch replaces that global ``CustomTextCLIP`` with a function that builds
+the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open_clip's own
+``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
+``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs.
+"""
+import logging
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import open_clip
+import open_clip.factory as _oc_factory
+from open_clip.model import CustomTextCLIP
+
+from .model import SpikeCLIP
+
+__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'register_model_configs', 'list_spikeclip_models']
+
+_logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / 'model_configs'
+
+# "model_class" value in a config -> the class that create_model builds for it.
+MODEL_CLASSES: Dict[str, Callable] = {'SpikeCLIP': SpikeCLIP}
+
+_PATCHED_FOR = '3.3.0'
+
+
+def _build_custom_text_model(**model_cfg):
+    """Stands in for ``open_clip.factory.CustomTextCLIP``: dispatch on the config's ``model_class``."""
+    name = model_cfg.pop('model_class', None)
+    if name is None:
+        return CustomTextCLIP(**model_cfg)
+    if name not in MODEL_CLASSES:
+        raise ValueError(f'Unknown model_class {name!r} in the model config; known: {sorted(MODEL_CLASSES)}')
+    return MODEL_CLASSES[name](**model_cfg)
+
+
+_build_custom_text_model.__name__ = 'CustomTextCLIP'  # create_model logs model_class.__name__
+
+
+def _patch_open_clip_factory() -> None:
+    if getattr(_oc_factory, 'CustomTextCLIP', None) is _build_custom_text_model:
+        return
+    if open_clip.__version__ != _PATCHED_FOR:
+        _logger.debug('open_clip_spike patches open_clip %s; found %s', _PATCHED_FOR, open_clip.__version__)
+    _oc_factory.CustomTextCLIP = _build_custom_text_model
+
+
+def register_model_configs() -> None:
+    """Add open_clip_spike's model configs to open_clip's registry (idempotent) and install the factory patch."""
+    _patch_open_clip_factory()
+    if MODEL_CONFIG_DIR not in _oc_factory._MODEL_CONFIG_PATHS:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def list_spikeclip_models() -> List[str]:
+    """Names of the model configs this package ships (all registered with open_clip on import)."""
+    return sorted(p.stem for p in MODEL_CONFIG_DIR.glob('*.json'))

@@ -1,0 +1,210 @@
+"""The spiking MLP text tower of SpikeCLIP (Lv et al., 2023, arXiv 2310.06488, section 1 of REFERENCE.md).
+
+CLIP BPE tokens [B, L] -> token + position embedding [B, L, W] -> the L token slots concatenated [B, L*W]
+-> repeated over T time steps (direct encoding) -> LIF -> Linear -> LIF -> Linear -> readout over T -> [B, D].
+The paper found this MLP better than a spiking transformer for short prompts; there is no attention mask
+and no pooling, so the position of every token matters.
+"""
+import logging
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, create_lif, encode_direct
+
+__all__ = ['SpikingTextCfg', 'SpikingTextMLP']
+
+_logger = logging.getLogger(__name__)
+
+# text_cfg keys open_clip itself reads (tokenizer selection) that the tower does not use.
+_TOKENIZER_KEYS = ('hf_tokenizer_name', 'tokenizer_mode', 'tokenizer_kwargs')
+_INIT_SPIKE_RATE = 0.05
+
+
+@dataclass
+class SpikingTextCfg:
+    """``text_cfg`` of a SpikeCLIP model config (open_clip's CLIPTextCfg counterpart)."""
+    context_length: int = 20
+    vocab_size: int = 49408
+    width: int = 512  # token embedding width
+    hidden_dim: int = 2048  # width of the hidden spiking layer
+    pad_id: int = 0  # the id open_clip's SimpleTokenizer pads with
+
+    @classmethod
+    def from_any(cls, cfg: Union[None, 'SpikingTextCfg', Dict[str, Any]]) -> 'SpikingTextCfg':
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        cfg = {k: v for k, v in dict(cfg).items() if k not in _TOKENIZER_KEYS}
+        known = {f.name for f in fields(cls)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f'Unknown SpikeCLIP text_cfg keys {sorted(unknown)}; known: {sorted(known)}')
+        return cls(**cfg)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class SpikingTextMLP(nn.Module):
+    """Spiking MLP text encoder: [B, L] token ids -> [B, output_dim] float embedding.
+
+    Neurons start from rest on every call (timm_spike's StatelessLIFNode), so a prompt's embedding does not
+    depend on what was encoded before it or on the other prompts in its batch (the reference code leaks
+    membrane potential between calls, which makes class embeddings depend on class order).
+    """
+
+    def __init__(
+            self,
+            context_length: int = 20,
+            vocab_size: int = 49408,
+            width: int = 512,
+            hidden_dim: int = 2048,
+            output_dim: int = 512,
+            T: int = 4,
+            readout: str = 'mean',
+            lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]] = None,
+            pad_id: int = 0,
+    ):
+        """
+        Args:
+            context_length: Token slots (the tokenizer pads or truncates every prompt to this length).
+            vocab_size: Size of the BPE vocabulary (49,408 for CLIP's).
+            width: Token embedding width.
+            hidden_dim: Width of the hidden spiking layer.
+            output_dim: Embedding width (the shared image-text space).
+            T: Time steps.
+            readout: Combination over time, 'mean' or 'weighted' (see timm_spike.layers.TemporalReadout).
+            lif_cfg: LIF parameters (``LIFConfig`` or dict); None for the paper's defaults.
+            pad_id: Token id used to pad inputs shorter than ``context_length``.
+        """
+        super().__init__()
+        self.context_length = int(context_length)
+        self.vocab_size = int(vocab_size)
+        self.width = int(width)
+        self.hidden_dim = int(hidden_dim)
+        self.output_dim = int(output_dim)
+        self.T = check_time_steps(T)
+        self.pad_id = int(pad_id)
+        self.lif_cfg = LIFConfig.from_any(lif_cfg)
+        self.grad_checkpointing = False
+
+        self.token_embedding = nn.Embedding(self.vocab_size, self.width)
+        # Not named positional_embedding: open_clip's load_checkpoint would then interpolate it to another
+        # context length, which is meaningless here (the slots are concatenated into fc1's input).
+        self.pos_embed = nn.Parameter(torch.empty(self.context_length, self.width))
+        self.lif1 = create_lif(self.lif_cfg)
+        self.fc1 = nn.Linear(self.context_length * self.width, self.hidden_dim)
+        self.lif2 = create_lif(self.lif_cfg)
+        self.fc2 = nn.Linear(self.hidden_dim, self.output_dim)
+        self.readout = TemporalReadout(self.T, readout)
+        self.init_weights()
+
+    def init_weights(self):
+        # Unit-variance token embeddings (nn.Embedding's default) so the first LIF (threshold 1) fires from
+        # the start; CLIP's std 0.02 would leave it silent.
+        nn.init.normal_(self.token_embedding.weight, std=1.0)
+        nn.init.normal_(self.pos_embed, std=0.1)
+        # fc1 takes sparse spikes (5-10% fire at init): PyTorch's default init would give the second LIF
+        # inputs far below threshold (it stays silent and every prompt maps to fc2's bias), so scale fc1 for
+        # unit-variance output at that rate.
+        nn.init.normal_(self.fc1.weight, std=(self.fc1.in_features * _INIT_SPIKE_RATE) ** -0.5)
+        nn.init.zeros_(self.fc1.bias)
+        self.fc2.reset_parameters()
+
+    @torch.no_grad()
+    def init_from_teacher(self, teacher: nn.Module, rescale: bool = True) -> 'SpikingTextMLP':
+        """Copy the token and position embeddings of an open_clip model (the paper initialises from CLIP's).
+
+        Args:
+            teacher: An open_clip ``CLIP`` / ``CustomTextCLIP`` (or its text transformer) with
+                ``token_embedding`` and ``positional_embedding`` of this tower's width and a vocabulary of
+                this tower's size. Only the first ``context_length`` positions are used.
+            rescale: Multiply both embeddings by one common factor that gives the token embedding unit
+                standard deviation. CLIP's embeddings (std about 0.02) would not reach the LIF threshold;
+                one common factor keeps their geometry (directions and relative sizes).
+
+        Returns:
+            self.
+        """
+        source = teacher
+        if not hasattr(source, 'token_embedding') and hasattr(source, 'text'):
+            source = source.text  # CustomTextCLIP keeps its text transformer in .text
+        tok = getattr(source, 'token_embedding', None)
+        pos = getattr(source, 'positional_embedding', None)
+        if not isinstance(tok, nn.Embedding) or not isinstance(pos, torch.Tensor):
+            raise ValueError(
+                f'{type(teacher).__name__} has no token_embedding (nn.Embedding) and positional_embedding to copy; '
+                f'pass an open_clip CLIP model with a transformer text tower')
+        if tuple(tok.weight.shape) != (self.vocab_size, self.width):
+            raise ValueError(
+                f'Teacher token embedding is {tuple(tok.weight.shape)} but this tower needs '
+                f'({self.vocab_size}, {self.width}); use a text_cfg width/vocab_size that matches the teacher')
+        if pos.shape[-1] != self.width or pos.shape[0] < self.context_length:
+            raise ValueError(
+                f'Teacher position embedding is {tuple(pos.shape)} but this tower needs at least '
+                f'({self.context_length}, {self.width})')
+        scale = 1.0 / tok.weight.float().std().clamp_min(1e-12).item() if rescale else 1.0
+        self.token_embedding.weight.copy_(tok.weight.float() * scale)
+        self.pos_embed.copy_(pos[:self.context_length].float() * scale)
+        _logger.info('Initialised the spiking text embeddings from %s (scale %.3g)', type(teacher).__name__, scale)
+        return self
+
+    def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
+        """Freeze the tower (open_clip's ``lock_text_tower`` interface).
+
+        Args:
+            unlocked_layers: Leave the last n of the 3 layer groups (embeddings, fc1, fc2 + readout) trainable.
+            freeze_layer_norm: Ignored; the tower has no normalisation layers.
+        """
+        groups = [
+            [self.token_embedding.weight, self.pos_embed],
+            list(self.fc1.parameters()),
+            list(self.fc2.parameters()) + list(self.readout.parameters()),
+        ]
+        n_locked = max(len(groups) - int(unlocked_layers), 0)
+        for i, group in enumerate(groups):
+            for p in group:
+                p.requires_grad = i >= n_locked
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        # The first layer holds the [T, B, L*W] input and its spikes: recomputing it saves the most memory.
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return {'pos_embed', 'readout.logits'}
+
+    def embed(self, text: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> concatenated token + position embeddings [B, context_length * width]."""
+        if text.ndim != 2:
+            raise ValueError(f'Expected token ids of shape [batch, context_length], got shape {tuple(text.shape)}')
+        L = text.shape[1]
+        if L > self.context_length:
+            raise ValueError(
+                f'Got {L} tokens per prompt but the spiking text tower has {self.context_length} slots; '
+                f'tokenize with open_clip.get_tokenizer(<model name>), which truncates to the context length')
+        if L < self.context_length:
+            text = nn.functional.pad(text, (0, self.context_length - L), value=self.pad_id)
+        x = self.token_embedding(text) + self.pos_embed.to(self.token_embedding.weight.dtype)
+        return x.flatten(1)
+
+    def _layer1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc1(self.lif1(x))
+
+    def forward(self, text: torch.Tensor) -> torch.Tensor:
+        x = encode_direct(self.embed(text), self.T)  # [T, B, L*W]: the same input at every step
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            x = checkpoint(self._layer1, x, use_reentrant=False)
+        else:
+            x = self._layer1(x)
+        x = self.fc2(self.lif2(x))  # [T, B, D]
+        return self.readout(x)
+
+    def extra_repr(self) -> str:
+        return f'context_length={self.context_length}, width={self.width}, T={self.T}'
