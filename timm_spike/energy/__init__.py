@@ -1,2 +1,8 @@
-"""Energy accounting for spiking models: firing rates (more to come: MACs, SOPs, energy)."""
+"""Energy accounting for spiking models: firing rates, per-layer MACs / SOPs, energy reports and charts.
+
+Convention of Spikformer / Spikingformer (REFERENCE section 4): E = E_MAC * MACs + E_AC * SOPs.
+"""
+from .counting import LayerOps, SpikeOpCounter, ann_equivalent, calibrate_bn, count_operations
 from .firing import FiringRateRecorder, firing_rates
+from .measure import dense_macs, energy_report, layer_energies, model_input_size, teacher_energy
+from .report import SCHEMA, EnergyConstants, EnergyReport, LayerEnergy, TeacherEnergy

@@ -1,0 +1,141 @@
+"""``python -m timm_spike.energy MODEL --out DIR``: energy report of a timm_spike model on real images.
+
+Prints a table and writes DIR/energy.json (the report) and DIR/energy.png (the chart).
+"""
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .counting import calibrate_bn
+from .data import image_dataset
+from .measure import energy_report, teacher_energy
+from .plot import plot_energy
+from .report import EnergyConstants, EnergyReport, TeacherEnergy
+
+__all__ = ['add_energy_args', 'constants_from_args', 'build_teacher', 'timm_energy_report', 'write_outputs', 'main']
+
+_logger = logging.getLogger(__name__)
+
+NO_CHECKPOINT_NOTE = ('No checkpoint: random weights; BatchNorm statistics were calibrated on the data so the '
+                      'firing rates are those of an untrained network, not of a trained one.')
+
+
+def add_energy_args(p: argparse.ArgumentParser):
+    """Options shared by ``python -m timm_spike.energy`` and ``spikeclip energy``."""
+    p.add_argument('--checkpoint', default=None, help='weights to load (.safetensors)')
+    p.add_argument('--data', default='skimage',
+                   help="images to measure on: an ImageFolder directory, 'skimage' (8 bundled photos, "
+                        "default) or 'digits' (scikit-learn's 8x8 digits)")
+    p.add_argument('--T', type=int, default=None, help="time steps (default: the model's own)")
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--max-samples', type=int, default=None, help='measure on at most this many images')
+    p.add_argument('--teacher', default=None, help='an ANN to compare with (timm model name)')
+    p.add_argument('--e-mac', type=float, default=EnergyConstants.e_mac_pj, help='pJ per MAC (default %(default)s)')
+    p.add_argument('--e-ac', type=float, default=EnergyConstants.e_ac_pj, help='pJ per AC (default %(default)s)')
+    p.add_argument('--calibrate-bn', choices=('auto', 'yes', 'no'), default='auto',
+                   help='re-estimate BatchNorm statistics on the data first (auto: only without --checkpoint)')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.add_argument('--out', required=True, help='output folder for energy.json and energy.png')
+
+
+def constants_from_args(args: argparse.Namespace) -> EnergyConstants:
+    c = EnergyConstants()
+    if (args.e_mac, args.e_ac) == (c.e_mac_pj, c.e_ac_pj):
+        return c
+    return EnergyConstants(e_mac_pj=args.e_mac, e_ac_pj=args.e_ac, source='user-supplied')
+
+
+def _on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    # Dense MAC counts need shapes only: building a large teacher on the meta device costs no memory or time.
+    try:
+        with torch.device('meta'):
+            return build()
+    except Exception:  # a model whose __init__ reads values; build it for real
+        return build()
+
+
+def build_teacher(name: str, constants: EnergyConstants) -> TeacherEnergy:
+    """Energy per image of timm model ``name`` at its own input size (weights do not matter for MACs)."""
+    import timm
+    if name not in timm.list_models():
+        raise ValueError(f'Unknown teacher {name!r}: not a timm model name')
+    teacher = _on_meta(lambda: timm.create_model(name))
+    size = timm.data.resolve_model_data_config(teacher)['input_size']
+    x = torch.empty((1, *size), device=next(teacher.parameters()).device)
+    return teacher_energy(teacher, x, name, constants=constants)
+
+
+def _loader(ds, args) -> DataLoader:
+    if args.max_samples is not None:
+        if args.max_samples < 1:
+            raise ValueError(f'--max-samples must be >= 1, got {args.max_samples}')
+        ds = Subset(ds, range(min(args.max_samples, len(ds))))
+    if len(ds) == 0:
+        raise ValueError(f'Empty dataset: --data {args.data!r} has no images')
+    return DataLoader(ds, batch_size=args.batch_size, shuffle=False)
+
+
+def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+    if not path.endswith('.safetensors'):
+        raise ValueError(f'--checkpoint {path!r}: only .safetensors files are loaded (pickles can run code)')
+    if not os.path.isfile(path):
+        raise ValueError(f'--checkpoint {path!r} does not exist')
+    from safetensors.torch import load_file
+    return load_file(path)
+
+
+def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
+    """Build the timm model named in ``args`` and measure it on ``args.data``."""
+    import timm
+    import timm_spike  # noqa: F401  (registers the spiking models)
+    if args.model not in timm.list_models():
+        known = ', '.join(timm.list_models('spikingformer*'))
+        raise ValueError(f'Unknown model {args.model!r}; registered spiking models: {known}')
+    kwargs: Dict[str, Any] = {} if args.T is None else {'T': args.T}
+    model = timm.create_model(args.model, **kwargs)
+    if args.checkpoint:
+        model.load_state_dict(_load_safetensors(args.checkpoint))
+    constants = constants_from_args(args)
+    cfg = timm.data.resolve_model_data_config(model)
+    ds, desc = image_dataset(args.data, timm.data.create_transform(**cfg, is_training=False))
+    loader = _loader(ds, args)
+    notes = []
+    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
+        calibrate_bn(model, (x for x, _ in loader))
+        notes.append(NO_CHECKPOINT_NOTE if not args.checkpoint else 'BatchNorm statistics calibrated on the data.')
+    teacher = build_teacher(args.teacher, constants) if args.teacher else None
+    return energy_report(model, loader, model_name=args.model, data_name=desc, constants=constants,
+                         teacher=teacher, progress=not args.no_progress, notes=notes)
+
+
+def write_outputs(report: EnergyReport, out: str, payload: Optional[Dict[str, Any]] = None) -> List[str]:
+    """Write DIR/energy.json (``payload`` if given, else the report) and DIR/energy.png; return the paths."""
+    import json
+    from .report import atomic_write
+    os.makedirs(out, exist_ok=True)
+    json_path = os.path.join(out, 'energy.json')
+    atomic_write(json_path, json.dumps(payload if payload is not None else report.to_dict(), indent=2).encode())
+    return [json_path, plot_energy(report, os.path.join(out, 'energy.png'))]
+
+
+def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_spike.energy') -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('model', help='a registered timm_spike model, e.g. spikingformer_clip')
+    add_energy_args(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    try:
+        report = timm_energy_report(args)
+        paths = write_outputs(report, args.out)
+    except (ValueError, ImportError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    print(report.table())
+    print('\nwrote ' + ', '.join(paths))
+    return 0
