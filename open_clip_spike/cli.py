@@ -9,6 +9,7 @@ from typing import List, Optional
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     'info': ('open_clip_spike.info', 'build a registered model and print its parameters, T, input and output shapes'),
+    'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
 }
 
 

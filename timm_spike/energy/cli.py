@@ -129,7 +129,7 @@ def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_spike.ene
     p.add_argument('model', help='a registered timm_spike model, e.g. spikingformer_clip')
     add_energy_args(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:
         report = timm_energy_report(args)
         paths = write_outputs(report, args.out)

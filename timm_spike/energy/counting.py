@@ -62,6 +62,14 @@ def _sdpa(args, kwargs, out):
     return b * h * s_q * k.shape[-2] * (d_q + v.shape[-1]), ()
 
 
+def _native_mha(args, kwargs, out):
+    # nn.MultiheadAttention's inference fast path (batch-first): q/k/v projections, q k^T, attn v, out projection.
+    q, k, embed_dim = args[0], args[1], args[3]
+    nq, nk = q.numel() // embed_dim, k.numel() // embed_dim
+    b, lq, lk = q.shape[0], q.shape[-2], k.shape[-2]
+    return embed_dim * embed_dim * (2 * nq + 2 * nk) + 2 * b * lq * lk * embed_dim, ()
+
+
 _RULES: Dict[Any, Callable] = {
     aten.mm.default: _mm,
     aten.addmm.default: _addmm,
@@ -69,6 +77,8 @@ _RULES: Dict[Any, Callable] = {
     aten.baddbmm.default: _baddbmm,
     aten.convolution.default: _convolution,
 }
+if hasattr(aten, '_native_multi_head_attention'):
+    _RULES[aten._native_multi_head_attention.default] = _native_mha
 for _name in ('_scaled_dot_product_flash_attention_for_cpu', '_scaled_dot_product_flash_attention',
               '_scaled_dot_product_efficient_attention', '_scaled_dot_product_cudnn_attention'):
     if hasattr(aten, _name):

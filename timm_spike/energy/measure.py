@@ -10,7 +10,7 @@ from .counting import LayerOps, ann_equivalent, count_operations
 from .firing import FiringRateRecorder
 from .report import EnergyConstants, EnergyReport, LayerEnergy, TeacherEnergy
 
-__all__ = ['energy_report', 'dense_macs', 'teacher_energy', 'layer_energies', 'model_input_size']
+__all__ = ['energy_report', 'dense_macs', 'teacher_energy', 'layer_energies', 'model_input_size', 'time_steps']
 
 _logger = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ def model_input_size(model: nn.Module) -> Optional[List[int]]:
         return [int(model.in_chans), *map(int, size)]
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     return list(cfg['input_size']) if 'input_size' in cfg else None
+
+
+def time_steps(model: nn.Module) -> Optional[int]:
+    """The model's number of time steps: its own ``T``, else the first submodule's (e.g. a wrapped trunk)."""
+    return next((m.T for m in model.modules()
+                 if isinstance(getattr(m, 'T', None), int) and not isinstance(m.T, bool)), None)
 
 
 def _inputs(data: Union[torch.Tensor, Iterable]) -> Iterable[torch.Tensor]:
@@ -170,6 +176,6 @@ def energy_report(
     ann.eval()
     ann_macs = dense_macs(ann, first[0], forward_fn)
     return EnergyReport(
-        model=name, T=int(getattr(model, 'T', 1)), input_size=list(input_size or first[0].shape[1:]),
+        model=name, T=time_steps(model) or 1, input_size=list(input_size or first[0].shape[1:]),
         data=data_name, num_samples=n, constants=constants, layers=rows, neurons=rates, ann_macs=ann_macs,
         sample=sample, teacher=teacher, notes=NOTES + list(notes))
