@@ -266,3 +266,27 @@ def test_cli_errors(tmp_path, capsys):
     assert energy_main(['spikingformer_clip', '--checkpoint', 'w.pth', '--out', str(tmp_path / 'o')]) == 2
     assert '.safetensors' in capsys.readouterr().err
     assert not (tmp_path / 'o').exists()
+
+
+def test_fused_lif_is_counted_with_the_same_spikes(calibrated, images):
+    from timm_spike.layers import LIFConfig
+    if 'impl' not in LIFConfig.__dataclass_fields__:
+        pytest.skip('this checkout has no fused LIF implementation')
+    fused = tiny_spikingformer(lif_cfg=dict(impl='fused'))
+    fused.load_state_dict(calibrated.state_dict())
+    a = energy_report(calibrated, images[:2], progress=False).to_dict()
+    b = energy_report(fused, images[:2], progress=False).to_dict()
+    assert a['layers'] == b['layers'] and a['neurons'] == b['neurons']
+    assert {m.impl for m in fused.modules() if hasattr(m, 'impl')} == {'fused'}  # restored afterwards
+
+
+def test_teacher_macs_match_known_figures():
+    """timm ANN teachers counted on the meta device: ResNet-18 1.82 GMACs, ViT-Ti/16 1.26 GMACs (timm's
+    published model metrics at 224x224), including the fused scaled-dot-product attention."""
+    from timm_spike.energy.cli import build_teacher
+    assert build_teacher('resnet18', EnergyConstants()).macs == pytest.approx(1.82e9, rel=0.01)
+    vit = build_teacher('vit_tiny_patch16_224', EnergyConstants())
+    assert vit.macs == pytest.approx(1.26e9, rel=0.01)
+    assert vit.input_size == [3, 224, 224] and vit.energy_mj == pytest.approx(4.6e-9 * vit.macs)
+    with pytest.raises(ValueError, match='Unknown teacher'):
+        build_teacher('no_such_model', EnergyConstants())

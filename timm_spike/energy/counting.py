@@ -191,10 +191,21 @@ def count_operations(
     forward_fn = forward_fn or (lambda m, b: m(b))
     counter = SpikeOpCounter(model, measure_spikes=measure_spikes)
     n = 0
-    with torch.no_grad(), DispatchCounterMode([counter]):
-        for batch in batches:
-            forward_fn(model, batch)
-            n += len(batch)
+    # torch.compile cannot run under a dispatch mode: neurons with a compiled implementation (timm_spike's
+    # fused LIF, same spikes) run spikingjelly's own loop while counting.
+    neurons = [m for m in model.modules() if isinstance(m, neuron.BaseNode) and getattr(m, 'impl', None)
+               not in (None, 'spikingjelly')]
+    impls = [m.impl for m in neurons]
+    try:
+        for m in neurons:
+            m.impl = 'spikingjelly'
+        with torch.no_grad(), DispatchCounterMode([counter]):
+            for batch in batches:
+                forward_fn(model, batch)
+                n += len(batch)
+    finally:
+        for m, impl in zip(neurons, impls):
+            m.impl = impl
     return dict(counter.layers), n
 
 
