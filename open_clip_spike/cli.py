@@ -9,6 +9,7 @@ from typing import List, Optional
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     'info': ('open_clip_spike.info', 'build a registered model and print its parameters, T, input and output shapes'),
+    'zeroshot': ('open_clip_spike.zeroshot', 'zero-shot top-1/top-5 of a model on a dataset from class-name prompts (JSON)'),
     'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
 }
 

@@ -1,0 +1,267 @@
+"""Zero-shot classification with SpikeCLIP (or any open_clip model): class embeddings from prompts, top-1/top-5.
+
+Python::
+
+    from open_clip_spike.zeroshot import zeroshot
+    result = zeroshot('SpikeCLIP-Tiny', 'spikeclip_tiny.safetensors', '/path/to/fashion-mnist',
+                      classnames='fashion_mnist')            # {'top1': ..., 'top5': ..., 'n': ..., ...}
+
+Command line (also ``python -m open_clip_spike.zeroshot``)::
+
+    spikeclip zeroshot --model SpikeCLIP-Tiny --pretrained spikeclip_tiny.safetensors \\
+        --dataset /path/to/fashion-mnist --classnames fashion_mnist --output zeroshot.json
+"""
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+import open_clip
+from open_clip import build_zero_shot_classifier
+
+from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
+from .factory import register_model_configs
+
+__all__ = ['build_classifier', 'evaluate', 'zeroshot', 'main']
+
+_logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run in eval mode (BN running stats, no dropout) and restore each module's training flag afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _as_list(value: Union[str, Sequence[str]], getter) -> List[str]:
+    return getter(value) if isinstance(value, (str, os.PathLike)) else list(value)
+
+
+def build_classifier(
+        model: nn.Module,
+        tokenizer,
+        classnames: Union[str, Sequence[str]],
+        templates: Union[str, Sequence[str]],
+        device: Union[str, torch.device] = 'cpu',
+        classes_per_batch: int = 10,
+        progress: bool = False,
+) -> torch.Tensor:
+    """Class embeddings [embed_dim, num_classes]: per class, the normalised mean of its normalised prompt embeddings.
+
+    Uses open_clip's ``build_zero_shot_classifier`` in eval mode. With SpikeCLIP each class embedding does
+    not depend on the other classes or their order (neurons start from rest on every call).
+
+    Args:
+        model: An open_clip model (``encode_text``).
+        tokenizer: The model's tokenizer (``open_clip.get_tokenizer(model_name)``).
+        classnames: Class names, or a built-in set name / text file for ``get_classnames``.
+        templates: ``str.format`` templates with one ``{}``, or a built-in set name / text file.
+        device: Device the model is on.
+        classes_per_batch: Classes encoded per forward pass.
+        progress: Show a progress bar.
+    """
+    classnames = _as_list(classnames, get_classnames)
+    templates = _as_list(templates, get_templates)
+    if not classnames:
+        raise ValueError('No class names given')
+    if not templates:
+        raise ValueError('No templates given')
+    bad = [t for t in templates if not isinstance(t, str) or t.count('{}') != 1]
+    if bad:
+        raise ValueError(f'Templates need exactly one {{}} where the class name goes, got {bad[:3]}')
+    with eval_mode(model):
+        return build_zero_shot_classifier(
+            model, tokenizer, classnames, templates,
+            num_classes_per_batch=classes_per_batch, device=device, use_tqdm=progress)
+
+
+@torch.no_grad()
+def evaluate(
+        model: nn.Module,
+        loader: Union[DataLoader, Sequence],
+        classifier: torch.Tensor,
+        device: Union[str, torch.device] = 'cpu',
+        progress: bool = True,
+        amp: bool = False,
+) -> Dict[str, Any]:
+    """Top-1 / top-5 accuracy of ``normalize(encode_image(x)) @ classifier`` over a loader of (image, label).
+
+    Counts are exact (not averaged per batch). With fewer than 5 classes, top5 counts the top min(5, C).
+    open_clip_train's ``zero_shot.accuracy`` is not used: it breaks with numpy >= 2.4.
+
+    Returns:
+        dict(top1=fraction, top5=fraction, n=number of images).
+    """
+    num_classes = classifier.shape[1]
+    k = min(5, num_classes)
+    classifier = classifier.to(device)
+    correct1 = correct5 = n = 0
+    autocast = torch.autocast(torch.device(device).type) if amp else contextlib.nullcontext()
+    with eval_mode(model):
+        for images, target in tqdm(loader, desc='zero-shot', unit='batch', disable=not progress):
+            images, target = images.to(device), torch.as_tensor(target).to(device)
+            if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+                raise ValueError(f'Label {int(target.max())} out of range for {num_classes} class embeddings; '
+                                 f'the class names do not match the dataset')
+            with autocast:
+                features = F.normalize(model.encode_image(images).float(), dim=-1)
+            logits = features @ classifier.float()
+            topk = logits.topk(k, dim=1).indices
+            hits = topk == target[:, None]
+            correct1 += int(hits[:, 0].sum())
+            correct5 += int(hits.any(dim=1).sum())
+            n += len(target)
+    if n == 0:
+        raise ValueError('The dataset is empty: nothing to evaluate')
+    return dict(top1=correct1 / n, top5=correct5 / n, n=n)
+
+
+def _write_json(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
+    # temp file + rename: an interrupted run leaves no half-written result
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.zeroshot-', suffix='.json.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            json.dump(obj, f, indent=2)
+            f.write('\n')
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def zeroshot(
+        model_name: str,
+        pretrained: Optional[str] = None,
+        dataset: Union[str, os.PathLike, Dataset] = 'cifar10',
+        classnames: Optional[Union[str, Sequence[str]]] = None,
+        templates: Optional[Union[str, Sequence[str]]] = None,
+        split: str = 'test',
+        batch_size: int = 64,
+        workers: int = 0,
+        device: Union[str, torch.device] = 'cpu',
+        data_root: Optional[str] = None,
+        download: bool = False,
+        limit: Optional[int] = None,
+        output: Optional[Union[str, os.PathLike]] = None,
+        progress: bool = True,
+) -> Dict[str, Any]:
+    """Build a model, its classifier from prompts, and evaluate it on a dataset.
+
+    Args:
+        model_name: open_clip model name (e.g. ``SpikeCLIP-Tiny``), ``hf-hub:org/repo`` or ``local-dir:path``.
+        pretrained: Checkpoint file (safetensors or torch state dict) or open_clip tag; None for random weights.
+        dataset: IDX folder, ImageFolder, torchvision dataset name, or a Dataset of (preprocessed image, label).
+        classnames: Built-in set, text file or list; default: the dataset's (named dataset or ImageFolder).
+        templates: Built-in set, text file or list; default: the class-name set's templates, else 'simple'.
+        split: 'train' or 'test'.
+        batch_size: Images per batch.
+        workers: DataLoader workers.
+        device: Device to run on.
+        data_root: Folder of torchvision datasets.
+        download: Let torchvision download a named dataset.
+        limit: Evaluate only the first ``limit`` images.
+        output: Write the result as JSON here.
+        progress: Show progress bars.
+
+    Returns:
+        dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates).
+    """
+    register_model_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    tokenizer = open_clip.get_tokenizer(model_name)
+
+    if isinstance(dataset, Dataset):
+        data, dataset_name = dataset, type(dataset).__name__
+    else:
+        data, dataset_name = build_dataset(dataset, split, preprocess, data_root, download), os.fspath(dataset)
+    if classnames is None:
+        classnames = dataset_classnames(dataset_name, data)
+        if classnames is None:
+            raise ValueError(f'No class names known for dataset {dataset_name!r}: pass classnames '
+                             f'(--classnames), a built-in set such as fashion_mnist or a text file')
+        _logger.info('Class names: %s', classnames if len(classnames) <= 10 else f'{len(classnames)} classes')
+    if templates is None:
+        key = classnames if isinstance(classnames, str) else dataset_name
+        templates = key if key in TEMPLATES else 'simple'
+    classnames = _as_list(classnames, get_classnames)
+    templates = _as_list(templates, get_templates)
+    if limit is not None:
+        data = Subset(data, range(min(int(limit), len(data))))
+    loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
+
+    classifier = build_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
+    result = evaluate(model, loader, classifier, device=device, progress=progress)
+    result.update(model=model_name, pretrained=pretrained, dataset=dataset_name, split=split,
+                  num_classes=len(classnames), num_templates=len(templates))
+    _logger.info('Zero-shot %s on %s: top-1 %.4f, top-5 %.4f (%d images)',
+                 model_name, dataset_name, result['top1'], result['top5'], result['n'])
+    if output is not None:
+        _write_json(result, output)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='spikeclip zeroshot',
+        description='Zero-shot top-1/top-5 of a SpikeCLIP (or any open_clip) model; prints and writes JSON.')
+    p.add_argument('--model', required=True, help='open_clip model name, hf-hub:org/repo or local-dir:path')
+    p.add_argument('--pretrained', default=None, help='checkpoint file (.safetensors / .pt) or open_clip tag')
+    p.add_argument('--dataset', required=True,
+                   help='IDX folder (Fashion-MNIST files), ImageFolder, or torchvision name: '
+                        'cifar10, cifar100, stl10, flowers102, oxford_pets, caltech101, fashion_mnist')
+    p.add_argument('--split', default='test', choices=('train', 'test'))
+    p.add_argument('--classnames', default=None,
+                   help='built-in set (fashion_mnist, cifar10, cifar100, stl10, flowers102, oxford_pets, '
+                        'caltech101, imagenet) or a text file with one name a line; default: the dataset\'s')
+    p.add_argument('--templates', default=None,
+                   help='built-in set (as class names, plus simple, imagenet_simple) or a text file with one '
+                        'template a line, {} for the class; default: the class-name set\'s, else simple')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--workers', type=int, default=0)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--data-root', default=None, help='folder of torchvision datasets')
+    p.add_argument('--download', action='store_true', help='let torchvision download a named dataset')
+    p.add_argument('--limit', type=int, default=None, help='evaluate only the first N images')
+    p.add_argument('--output', default=None, help='write the result as JSON to this file')
+    p.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    try:
+        result = zeroshot(
+            args.model, args.pretrained, args.dataset, classnames=args.classnames, templates=args.templates,
+            split=args.split, batch_size=args.batch_size, workers=args.workers, device=args.device,
+            data_root=args.data_root, download=args.download, limit=args.limit, output=args.output,
+            progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f'spikeclip zeroshot: error: {e}', file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
