@@ -3,13 +3,19 @@
 One place holds the LIF defaults of the papers (Spikingformer / SpikeCLIP): tau 2.0, threshold 1.0,
 hard reset to 0, detached reset, input decay, and the Sigmoid(alpha=4) surrogate of the SpikeCLIP code.
 """
+import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Dict, Optional, Union
 
 import torch
 from spikingjelly.activation_based import neuron, surrogate
 
-__all__ = ['LIFConfig', 'StatelessLIFNode', 'create_lif', 'create_surrogate', 'is_spiking_neuron', 'SURROGATES']
+from .fused_lif import fused_params_from_node, lif_multi_step_fused
+
+__all__ = ['LIFConfig', 'StatelessLIFNode', 'create_lif', 'create_surrogate', 'is_spiking_neuron', 'set_lif_impl',
+           'SURROGATES', 'LIF_IMPLS']
+
+_logger = logging.getLogger(__name__)
 
 # Surrogate gradients by name, with the sharpness each is used with in the literature.
 SURROGATES = {
@@ -17,6 +23,12 @@ SURROGATES = {
     'atan': (surrogate.ATan, 2.0),
     'erf': (surrogate.Erf, 2.0),
 }
+
+# Neuron implementations. 'spikingjelly': its LIFNode (CUDA/Triton kernels on GPU, a Python loop of small ops
+# on CPU). 'fused': timm_spike.layers.fused_lif (one compiled pass over the time loop; about 8x faster than
+# the CPU loop, same spikes and gradients). 'auto': fused on CPU, spikingjelly on CUDA, where spikingjelly's
+# own kernels are the fast path; decided per call from the input's device.
+LIF_IMPLS = ('spikingjelly', 'fused', 'auto')
 
 
 @dataclass(frozen=True)
@@ -29,8 +41,11 @@ class LIFConfig:
     decay_input: bool = True
     surrogate: str = 'sigmoid'
     surrogate_alpha: Optional[float] = None  # None: the surrogate's usual sharpness (SURROGATES)
+    impl: str = 'spikingjelly'  # see LIF_IMPLS; the same neuron model and results, only speed differs
 
     def __post_init__(self):
+        if self.impl not in LIF_IMPLS:
+            raise ValueError(f'Unknown LIF impl {self.impl!r}; choose one of {LIF_IMPLS}')
         if float(self.tau) <= 1.0:
             raise ValueError(f'LIF tau must be > 1.0, got {self.tau}')
         if self.surrogate not in SURROGATES:
@@ -71,11 +86,53 @@ class StatelessLIFNode(neuron.LIFNode):
     Each call simulates a whole [T, ...] sequence, so independent inputs never leak membrane
     potential into each other (the reference SpikeCLIP code leaks it between text-encoder calls),
     and activation checkpointing recomputes a block from the same state as the first pass.
+
+    No state outlives a call: the final potential spikingjelly leaves in ``self.v`` is part of the autograd
+    graph, and keeping it on the module would keep that graph (and, under non-reentrant activation
+    checkpointing, each recomputed block's saved tensors) alive until the next forward.
+
+    Args:
+        impl: 'spikingjelly', 'fused' or 'auto' (see ``LIF_IMPLS``); ``**kwargs`` go to ``LIFNode``.
     """
+
+    def __init__(self, *args: Any, impl: str = 'spikingjelly', **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.impl = impl
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str):
+        if value not in LIF_IMPLS:
+            raise ValueError(f'Unknown LIF impl {value!r}; choose one of {LIF_IMPLS}')
+        self._impl = value
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        if self._impl == 'spikingjelly' or self.store_v_seq:
+            return False
+        if self._impl == 'auto' and x.device.type != 'cpu':
+            return False
+        return True
 
     def multi_step_forward(self, x_seq: torch.Tensor, *args, **kwargs):
         self.reset()
-        return super().multi_step_forward(x_seq, *args, **kwargs)
+        try:
+            if not args and not kwargs and self._use_fused(x_seq):
+                params = fused_params_from_node(self)
+                if params is not None:
+                    return lif_multi_step_fused(x_seq, params)
+                if self._impl == 'fused':
+                    _logger.warning('fused LIF does not support surrogate %s; using spikingjelly',
+                                    type(self.surrogate_function).__name__)
+            return super().multi_step_forward(x_seq, *args, **kwargs)
+        finally:
+            if not self.store_v_seq:  # v_seq is kept only when asked for, for inspection
+                self.reset()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f', impl={self._impl}'
 
 
 def create_lif(cfg: Union[None, LIFConfig, Dict[str, Any]] = None, **overrides: Any) -> StatelessLIFNode:
@@ -91,7 +148,24 @@ def create_lif(cfg: Union[None, LIFConfig, Dict[str, Any]] = None, **overrides: 
         surrogate_function=create_surrogate(cfg.surrogate, cfg.surrogate_alpha),
         detach_reset=cfg.detach_reset,
         step_mode='m',
+        impl=cfg.impl,
     )
+
+
+def set_lif_impl(model: torch.nn.Module, impl: str) -> int:
+    """Switch every StatelessLIFNode of ``model`` to ``impl`` ('spikingjelly', 'fused', 'auto').
+
+    Returns:
+        The number of neuron layers switched.
+    """
+    if impl not in LIF_IMPLS:
+        raise ValueError(f'Unknown LIF impl {impl!r}; choose one of {LIF_IMPLS}')
+    n = 0
+    for m in model.modules():
+        if isinstance(m, StatelessLIFNode):
+            m.impl = impl
+            n += 1
+    return n
 
 
 def is_spiking_neuron(module: torch.nn.Module) -> bool:

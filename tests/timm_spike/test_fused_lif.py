@@ -1,0 +1,218 @@
+"""The fused CPU LIF must be spikingjelly's LIFNode in everything but speed."""
+import itertools
+import logging
+
+import pytest
+import timm
+import torch
+from spikingjelly.activation_based import neuron, surrogate
+
+import timm_spike  # noqa: F401  (registers the models)
+from timm_spike.energy import firing_rates
+from timm_spike.layers import LIFConfig, StatelessLIFNode, create_lif, create_surrogate, is_spiking_neuron, set_lif_impl
+from timm_spike.layers import fused_lif
+from timm_spike.layers.fused_lif import FusedLIFParams, lif_multi_step_fused
+
+
+@pytest.fixture
+def eager():
+    """Run the fused kernels eagerly: same math, no compile time for the many configurations below."""
+    fused_lif.set_fused_compile(False)
+    yield
+    fused_lif.set_fused_compile(True)
+
+
+def _inputs(shape=(4, 3, 50), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 1.5 + 0.6  # plenty of spikes and of near-threshold potentials
+    upstream = torch.randn(shape, generator=g)
+    return x, upstream
+
+
+def _reference(x, upstream, cfg: LIFConfig):
+    ref = neuron.LIFNode(tau=cfg.tau, decay_input=cfg.decay_input, v_threshold=cfg.v_threshold,
+                         v_reset=cfg.v_reset, detach_reset=cfg.detach_reset, step_mode='m',
+                         surrogate_function=create_surrogate(cfg.surrogate, cfg.surrogate_alpha))
+    x = x.clone().requires_grad_()
+    s = ref(x)
+    (s * upstream).sum().backward()
+    return s.detach(), x.grad
+
+
+def _fused(x, upstream, cfg: LIFConfig):
+    lif = create_lif(cfg.replace(impl='fused'))
+    x = x.clone().requires_grad_()
+    s = lif(x)
+    (s * upstream).sum().backward()
+    return s.detach(), x.grad
+
+
+CONFIGS = [
+    LIFConfig(tau=tau, v_reset=v_reset, detach_reset=detach, decay_input=decay, surrogate=sg)
+    for tau, v_reset, detach, decay, sg in itertools.product(
+        (2.0, 3.0), (0.0, None, -0.2), (True, False), (True, False), ('sigmoid', 'atan', 'erf'))
+]
+
+
+@pytest.mark.parametrize('cfg', CONFIGS, ids=lambda c: f'tau{c.tau}-reset{c.v_reset}-detach{c.detach_reset}'
+                                                     f'-decay{c.decay_input}-{c.surrogate}')
+def test_same_spikes_and_gradients_as_spikingjelly(cfg, eager):
+    x, up = _inputs()
+    s_ref, g_ref = _reference(x, up, cfg)
+    s, g = _fused(x, up, cfg)
+    assert 0.05 < s_ref.mean() < 0.95  # a meaningful comparison: both spikes and silences
+    assert torch.equal(s, s_ref)
+    assert torch.allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+    assert g.abs().sum() > 0
+
+
+@pytest.mark.parametrize('cfg', [LIFConfig(), LIFConfig(v_reset=None, detach_reset=False, decay_input=False,
+                                                          surrogate='atan', v_threshold=0.5)])
+def test_compiled_matches_spikingjelly(cfg):
+    # The compiled kernel (the one users get), for both reset kinds and both charge equations.
+    assert fused_lif.fused_compile_enabled()
+    x, up = _inputs((4, 2, 16, 40))
+    s_ref, g_ref = _reference(x, up, cfg)
+    s, g = _fused(x, up, cfg)
+    assert torch.equal(s, s_ref)
+    assert torch.allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # the inference kernel (no potentials kept)
+        assert torch.equal(create_lif(cfg.replace(impl='fused'))(x), s_ref)
+    assert fused_lif.fused_compile_enabled(), 'compiling fell back to eager on this machine'
+
+
+def test_bfloat16_input(eager):
+    # bf16 currents, fp32 membrane potentials (spikingjelly's CPU LIFNode would keep them in bf16): the spikes
+    # are those of the fp32 neuron on the same (bf16-representable) currents.
+    x, up = _inputs()
+    xb, upb = x.bfloat16(), up.bfloat16()
+    s_ref, g_ref = _reference(xb.float(), upb.float(), LIFConfig())
+    s, g = _fused(xb, upb, LIFConfig())
+    assert s.dtype == g.dtype == torch.bfloat16
+    assert torch.equal(s.float(), s_ref)
+    assert torch.allclose(g.float(), g_ref, rtol=1e-2, atol=1e-3)
+
+
+def test_saves_one_tensor_for_backward(eager):
+    # The fused neuron keeps only the charged potentials (one tensor of the input's size); spikingjelly's
+    # CPU autograd loop keeps two input-sized tensors' worth (per step: the surrogate's input and the spike).
+    def saved(impl):
+        shapes = []
+
+        def pack(t):
+            shapes.append(t.shape)
+            return t
+
+        x = torch.randn(4, 3, 10, requires_grad=True)
+        lif = create_lif(impl=impl)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            lif(x)
+        return shapes
+
+    assert saved('fused') == [torch.Size([4, 30])]
+    assert sum(s.numel() for s in saved('spikingjelly')) == 2 * 4 * 30
+
+
+def test_stateless_and_no_state_left_on_module(eager):
+    x, _ = _inputs()
+    for impl in ('fused', 'spikingjelly'):
+        lif = create_lif(impl=impl)
+        a = lif(x.requires_grad_())
+        assert torch.equal(a, lif(x))  # each call starts from rest
+        # No tensor (and no autograd graph) survives the call on the module.
+        assert isinstance(lif.v, float) and lif.v_seq is None
+
+
+def test_is_a_spikingjelly_neuron_and_monitors_find_it(eager):
+    lif = create_lif(impl='fused')
+    assert isinstance(lif, neuron.LIFNode) and is_spiking_neuron(lif)
+    x = torch.randn(2, 3, 32, 32)
+    m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4, T=2).train()
+    rates = {}
+    for impl in ('spikingjelly', 'fused'):
+        set_lif_impl(m, impl)
+        rates[impl] = firing_rates(m, x)
+    assert len(rates['fused']) == 4 + 7  # 4 stem stages and 7 neuron layers in the block
+    assert 0 < sum(rates['fused'].values())
+    assert rates['fused'] == pytest.approx(rates['spikingjelly'])
+
+
+def test_model_with_fused_neurons_same_outputs_and_gradients(eager):
+    torch.manual_seed(0)
+    m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=2, num_heads=4, T=3, num_classes=5).train()
+    x = torch.randn(4, 3, 32, 32)
+    results = {}
+    for impl in ('spikingjelly', 'fused', 'auto'):
+        assert set_lif_impl(m, impl) == 4 + 2 * 7
+        m.zero_grad()
+        out = m(x)
+        out.square().sum().backward()
+        results[impl] = (out.detach(), [p.grad.clone() for p in m.parameters()])
+    for impl in ('fused', 'auto'):
+        assert torch.allclose(results[impl][0], results['spikingjelly'][0], atol=1e-5)
+        for a, b in zip(results[impl][1], results['spikingjelly'][1]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_impl_from_model_config_and_auto_dispatch():
+    m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4, lif_cfg=dict(impl='auto'))
+    lifs = [mod for mod in m.modules() if isinstance(mod, StatelessLIFNode)]
+    assert lifs and all(lif.impl == 'auto' for lif in lifs)
+    lif = lifs[0]
+    # 'auto': fused on the CPU; on any other device spikingjelly's own kernels (CUDA/Triton).
+    assert lif._use_fused(torch.empty(1))
+    assert not lif._use_fused(torch.empty(1, device='meta'))
+    lif.impl = 'fused'
+    assert lif._use_fused(torch.empty(1, device='meta'))
+    lif.impl = 'spikingjelly'
+    assert not lif._use_fused(torch.empty(1))
+    assert 'impl=spikingjelly' in repr(lif)
+
+
+def test_bad_impl_is_refused():
+    with pytest.raises(ValueError, match="Unknown LIF impl 'cuda'.*spikingjelly"):
+        LIFConfig(impl='cuda')
+    with pytest.raises(ValueError, match='Unknown LIF impl'):
+        create_lif(impl='nope')
+    with pytest.raises(ValueError, match='Unknown LIF impl'):
+        set_lif_impl(torch.nn.Sequential(create_lif()), 'nope')
+    with pytest.raises(ValueError, match='floating point'):
+        lif_multi_step_fused(torch.ones(2, 3, dtype=torch.long))
+
+
+def test_unsupported_surrogate_falls_back_to_spikingjelly(caplog, eager):
+    x, _ = _inputs()
+    lif = StatelessLIFNode(tau=2.0, surrogate_function=surrogate.PiecewiseQuadratic(), detach_reset=True,
+                           step_mode='m', impl='fused')
+    ref = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.PiecewiseQuadratic(), detach_reset=True,
+                         step_mode='m')
+    with caplog.at_level(logging.WARNING, logger='timm_spike.layers.neuron'):
+        assert torch.equal(lif(x), ref(x))
+    assert 'PiecewiseQuadratic' in caplog.text
+
+
+def test_eager_fallback_when_compiling_fails(monkeypatch, caplog):
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError('no C++ compiler found')
+        return call
+
+    monkeypatch.setattr(fused_lif, '_compiled', {})
+    monkeypatch.setattr(fused_lif, '_compile_failed', False)
+    monkeypatch.setattr(torch, 'compile', broken_compile)
+    x, up = _inputs()
+    with caplog.at_level(logging.WARNING, logger='timm_spike.layers.fused_lif'):
+        s, g = _fused(x, up, LIFConfig())
+    assert 'running it eagerly' in caplog.text and 'no C++ compiler' in caplog.text
+    assert not fused_lif.fused_compile_enabled()
+    s_ref, g_ref = _reference(x, up, LIFConfig())
+    assert torch.equal(s, s_ref) and torch.allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_functional_api_shapes(eager):
+    p = FusedLIFParams()
+    x = torch.full((3, 2, 4), 1.5)
+    s = lif_multi_step_fused(x, p)
+    # tau 2, hard reset: v 0.75 -> 1.125 (spike, reset) -> 0.75
+    assert s.shape == x.shape and s[:, 0, 0].tolist() == [0., 1., 0.]
+    assert lif_multi_step_fused(torch.empty(3, 0)).shape == (3, 0)
