@@ -11,6 +11,7 @@ COMMANDS = {
     'info': ('open_clip_spike.info', 'build a registered model and print its parameters, T, input and output shapes'),
     'zeroshot': ('open_clip_spike.zeroshot', 'zero-shot top-1/top-5 of a model on a dataset from class-name prompts (JSON)'),
     'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
+    'push': ('open_clip_spike.hub', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),
 }
 
 
