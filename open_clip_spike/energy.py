@@ -20,7 +20,7 @@ import timm_spike  # noqa: F401
 from timm_spike.energy import (
     EnergyConstants, EnergyReport, TeacherEnergy, calibrate_bn, energy_report, teacher_energy)
 from timm_spike.energy.cli import (
-    NO_CHECKPOINT_NOTE, _loader, _on_meta, add_energy_args, constants_from_args, timm_energy_report,
+    NO_CHECKPOINT_NOTE, _check_checkpoint, _loader, _on_meta, add_energy_args, constants_from_args, timm_energy_report,
     write_outputs)
 from timm_spike.energy.data import SKIMAGE_PHOTOS, image_dataset
 from timm_spike.energy.plot import plot_energy
@@ -150,10 +150,8 @@ def _class_names(args, dataset) -> List[str]:
 
 def _run_spikeclip(args) -> SpikeCLIPEnergy:
     kwargs = {} if args.T is None else {'T': args.T}
-    if args.checkpoint and not args.checkpoint.endswith('.safetensors'):
-        raise ValueError(f'--checkpoint {args.checkpoint!r}: only .safetensors files are loaded (pickles can run code)')
-    if args.checkpoint and not os.path.isfile(args.checkpoint):
-        raise ValueError(f'--checkpoint {args.checkpoint!r} does not exist')
+    if args.checkpoint:
+        _check_checkpoint(args.checkpoint)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)
     tokenizer = open_clip.get_tokenizer(args.model)
     constants = constants_from_args(args)

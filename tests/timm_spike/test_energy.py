@@ -211,6 +211,10 @@ def test_report_schema_round_trip(calibrated, images, tmp_path):
         EnergyReport.from_dict({**d, 'schema': 'other'})
     text = r.table()
     assert 'blocks.0.attn' in text and 'SNN/ANN' in text
+    head = r.summary()
+    assert head['energy_mj_per_image'] == d['energy_mj_per_image'] and head['energy_T'] == 2
+    assert head['energy_input_size'] == '3x32x32' and head['snn_over_teacher'] is None
+    assert all(v is None or isinstance(v, (str, int, float)) for v in head.values())
 
 
 def test_deterministic_and_batch_invariant(calibrated, images):
@@ -244,13 +248,24 @@ def test_firing_rates_still_work(calibrated, images):
 
 
 def test_cli_writes_json_and_chart(tmp_path, capsys):
-    rc = energy_main(['spikingformer_clip', '--T', '1', '--data', 'skimage', '--max-samples', '2',
-                      '--batch-size', '2', '--no-progress', '--out', str(tmp_path)])
+    from safetensors.torch import save_file
+    from timm_spike.energy.data import image_dataset
+    model = timm.create_model('spikingformer_clip', T=1)
+    cfg = timm.data.resolve_model_data_config(model)
+    ds, _ = image_dataset('skimage', timm.data.create_transform(**cfg))
+    photos = torch.stack([ds[i][0] for i in range(2)])
+    calibrate_bn(model, [photos])
+    save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
+    rc = energy_main(['spikingformer_clip', '--T', '1', '--data', 'skimage', '--max-samples', '2', '--batch-size', '2',
+                      '--checkpoint', str(tmp_path / 'w.safetensors'), '--no-progress', '--out', str(tmp_path)])
     assert rc == 0
     d = json.loads((tmp_path / 'energy.json').read_text())
     assert d['model'] == 'spikingformer_clip' and d['T'] == 1 and d['num_samples'] == 2
     assert 'scikit-image' in d['data'] and d['energy_mj_per_image'] > 0
     assert 0 < d['ratios']['snn_over_ann'] < 1
+    assert not any('No checkpoint' in n for n in d['notes'])
+    direct = energy_report(model, photos, progress=False).to_dict()  # the checkpoint's weights were used
+    assert d['layers'] == direct['layers'] and d['neurons'] == direct['neurons']
     png = (tmp_path / 'energy.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
     out = capsys.readouterr().out

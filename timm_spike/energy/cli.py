@@ -34,7 +34,8 @@ def add_energy_args(p: argparse.ArgumentParser):
     p.add_argument('--T', type=int, default=None, help="time steps (default: the model's own)")
     p.add_argument('--batch-size', type=int, default=8)
     p.add_argument('--max-samples', type=int, default=None, help='measure on at most this many images')
-    p.add_argument('--teacher', default=None, help='an ANN to compare with (timm model name)')
+    p.add_argument('--teacher', default=None,
+                   help='an ANN to compare with: a timm model name (for SpikeCLIP an open_clip one, e.g. ViT-B-16)')
     p.add_argument('--e-mac', type=float, default=EnergyConstants.e_mac_pj, help='pJ per MAC (default %(default)s)')
     p.add_argument('--e-ac', type=float, default=EnergyConstants.e_ac_pj, help='pJ per AC (default %(default)s)')
     p.add_argument('--calibrate-bn', choices=('auto', 'yes', 'no'), default='auto',
@@ -80,13 +81,11 @@ def _loader(ds, args) -> DataLoader:
     return DataLoader(ds, batch_size=args.batch_size, shuffle=False)
 
 
-def _load_safetensors(path: str) -> Dict[str, torch.Tensor]:
+def _check_checkpoint(path: str):
     if not path.endswith('.safetensors'):
         raise ValueError(f'--checkpoint {path!r}: only .safetensors files are loaded (pickles can run code)')
     if not os.path.isfile(path):
         raise ValueError(f'--checkpoint {path!r} does not exist')
-    from safetensors.torch import load_file
-    return load_file(path)
 
 
 def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
@@ -97,9 +96,11 @@ def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
         known = ', '.join(timm.list_models('spikingformer*'))
         raise ValueError(f'Unknown model {args.model!r}; registered spiking models: {known}')
     kwargs: Dict[str, Any] = {} if args.T is None else {'T': args.T}
-    model = timm.create_model(args.model, **kwargs)
     if args.checkpoint:
-        model.load_state_dict(_load_safetensors(args.checkpoint))
+        _check_checkpoint(args.checkpoint)
+        # timm's loader: safetensors, the model's checkpoint_filter_fn (key renames, clear shape errors)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(args.checkpoint)))
+    model = timm.create_model(args.model, **kwargs)
     constants = constants_from_args(args)
     cfg = timm.data.resolve_model_data_config(model)
     ds, desc = image_dataset(args.data, timm.data.create_transform(**cfg, is_training=False))

@@ -139,6 +139,19 @@ class EnergyReport:
             'notes': list(self.notes),
         }
 
+    def summary(self) -> Dict[str, Any]:
+        """Headline figures as a flat dict of JSON scalars, for a model card or checkpoint metadata."""
+        s, r = self.sample, self.ratios
+        return {
+            'energy_schema': SCHEMA, 'energy_model': self.model, 'energy_T': self.T,
+            'energy_input_size': 'x'.join(map(str, self.input_size)), 'energy_data': self.data,
+            'energy_num_samples': self.num_samples,
+            f'energy_mj_per_{s}': self.energy_mj, f'ann_energy_mj_per_{s}': self.ann_energy_mj,
+            'snn_over_ann': r['snn_over_ann'], 'snn_over_teacher': r['snn_over_teacher'],
+            'teacher': self.teacher.model if self.teacher else None, 'mean_firing_rate': self.mean_firing_rate,
+            'e_mac_pj': self.constants.e_mac_pj, 'e_ac_pj': self.constants.e_ac_pj,
+        }
+
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'EnergyReport':
         if d.get('schema') != SCHEMA:
