@@ -137,15 +137,38 @@ def _is_spikeclip(name: str) -> bool:
     return bool(cfg) and cfg.get('model_class') == 'SpikeCLIP'
 
 
+def _dataset(args, preprocess):
+    """Images for the image tower: a bundled set, or a folder (IDX such as Fashion-MNIST, or ImageFolder)."""
+    if args.data in BUNDLED_CLASSNAMES or not os.path.isdir(args.data):
+        return image_dataset(args.data, preprocess)
+    from open_clip_spike.data import build_dataset
+    try:
+        ds = build_dataset(args.data, split=args.split, transform=preprocess)
+    except FileNotFoundError as e:
+        raise ValueError(f'Empty dataset: {e}') from e
+    return ds, f'{type(ds).__name__} {os.path.abspath(args.data)} ({args.split} split)'
+
+
 def _class_names(args, dataset) -> List[str]:
+    from open_clip_spike.data import dataset_classnames, get_classnames
     if args.classnames:
-        return [c.strip() for c in args.classnames.split(',') if c.strip()]
+        if ',' in args.classnames:
+            return [c.strip() for c in args.classnames.split(',') if c.strip()]
+        return get_classnames(args.classnames)
     if args.data in BUNDLED_CLASSNAMES:
         return list(BUNDLED_CLASSNAMES[args.data])
-    classes = getattr(dataset, 'classes', None)
-    if not classes:
-        raise ValueError('No class names: pass --classnames "cat,dog,..." for this --data')
-    return list(classes)
+    names = dataset_classnames(args.data, dataset)
+    if not names:
+        raise ValueError('No class names for the text-tower prompts: pass --classnames (a built-in set such as '
+                         'fashion_mnist, a text file, or "cat,dog,...")')
+    return names
+
+
+def _templates(args) -> Sequence[str]:
+    if not args.templates:
+        return DEFAULT_TEMPLATES
+    from open_clip_spike.data import get_templates
+    return get_templates(args.templates)
 
 
 def _run_spikeclip(args) -> SpikeCLIPEnergy:
@@ -155,9 +178,9 @@ def _run_spikeclip(args) -> SpikeCLIPEnergy:
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)
     tokenizer = open_clip.get_tokenizer(args.model)
     constants = constants_from_args(args)
-    ds, desc = image_dataset(args.data, preprocess)
+    ds, desc = _dataset(args, preprocess)
     loader = _loader(ds, args)
-    prompts = class_prompts(_class_names(args, ds))
+    prompts = class_prompts(_class_names(args, ds), _templates(args))
     notes = []
     if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
         calibrate_bn(model.visual, (x for x, _ in loader))
@@ -175,8 +198,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('model', help='a SpikeCLIP model config (e.g. SpikeCLIP-Tiny) or a timm_spike model '
                                  '(e.g. spikingformer_clip)')
     add_energy_args(p)
+    p.add_argument('--split', default='test', choices=('train', 'test'), help='split of an IDX folder (SpikeCLIP)')
     p.add_argument('--classnames', default=None,
-                   help='comma-separated class names for the text-tower prompts (default: from --data)')
+                   help='class names for the text-tower prompts (SpikeCLIP): a built-in set (fashion_mnist, '
+                        'cifar10, ...), a text file with one name a line, or "cat,dog,..."; default: from --data')
+    p.add_argument('--templates', default=None,
+                   help="prompt templates (SpikeCLIP): a built-in set or a text file; default 'a photo of a {}.'")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:

@@ -125,3 +125,14 @@ def test_cli_timm_model_and_errors(tmp_path, capsys):
     assert cli_main(['energy', 'SpikeCLIP-Tiny', '--data', str(tmp_path / 'empty'), '--out', str(tmp_path / 'x')]) == 2
     assert 'Empty dataset' in capsys.readouterr().err
     assert not (tmp_path / 'x').exists()
+
+
+def test_cli_spikeclip_on_idx_fashion_mnist(tmp_path):
+    from pathlib import Path
+    idx = Path(__file__).parents[1] / 'fixtures' / 'fashion_mnist'
+    rc = cli_main(['energy', 'SpikeCLIP-Tiny', '--T', '2', '--data', str(idx), '--classnames', 'fashion_mnist',
+                   '--max-samples', '2', '--batch-size', '2', '--no-progress', '--out', str(tmp_path)])
+    assert rc == 0
+    d = json.loads((tmp_path / 'energy.json').read_text())
+    assert d['num_samples'] == 2 and 'IDXDataset' in d['data'] and 'test split' in d['data']
+    assert d['text']['num_samples'] == 10 and 'T-shirt/top' in d['text']['data']
