@@ -305,3 +305,12 @@ def test_teacher_macs_match_known_figures():
     assert vit.input_size == [3, 224, 224] and vit.energy_mj == pytest.approx(4.6e-9 * vit.macs)
     with pytest.raises(ValueError, match='Unknown teacher'):
         build_teacher('no_such_model', EnergyConstants())
+
+
+def test_firing_rates_over_a_loader_weigh_every_neuron_step(calibrated, images):
+    from torch.utils.data import DataLoader, TensorDataset
+    loader = DataLoader(TensorDataset(images, torch.zeros(4)), batch_size=3)  # batches of 3 and 1
+    rates = firing_rates(calibrated.eval(), loader, progress=True)
+    whole = firing_rates(calibrated, images)
+    assert rates == pytest.approx(whole, rel=1e-9)
+    assert set(rates) == {n for n, m in calibrated.named_modules() if hasattr(m, 'v_threshold')}

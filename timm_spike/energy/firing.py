@@ -4,6 +4,7 @@ from typing import Dict, Iterable, Optional, Union
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import monitor, neuron
+from tqdm.auto import tqdm
 
 __all__ = ['FiringRateRecorder', 'firing_rates']
 
@@ -54,10 +55,17 @@ class FiringRateRecorder:
 
 
 @torch.no_grad()
-def firing_rates(model: nn.Module, inputs: Union[torch.Tensor, Iterable]) -> Dict[str, float]:
-    """Firing rate per neuron layer for a batch, or averaged over an iterable of batches / (x, y) pairs."""
+def firing_rates(model: nn.Module, inputs: Union[torch.Tensor, Iterable], progress: bool = False) -> Dict[str, float]:
+    """Firing rate per neuron layer for a batch, or averaged over an iterable of batches / (x, y) pairs.
+
+    Args:
+        model: A model with spikingjelly neurons (run as it is: call ``model.eval()`` first for inference).
+        inputs: A batch tensor, or an iterable (e.g. a DataLoader) of tensors or (input, target) pairs.
+        progress: Show a tqdm progress bar over the batches.
+    """
     batches = [inputs] if isinstance(inputs, torch.Tensor) else inputs
     with FiringRateRecorder(model) as rec:
-        for batch in batches:
+        for batch in tqdm(batches, desc='firing rates', disable=not progress,
+                          total=len(batches) if hasattr(batches, '__len__') else None):
             model(batch[0] if isinstance(batch, (tuple, list)) else batch)
         return rec.rates()
