@@ -46,7 +46,9 @@ def _patch_open_clip_factory() -> None:
     if getattr(_oc_factory, 'CustomTextCLIP', None) is _build_custom_text_model:
         return
     if open_clip.__version__ != _PATCHED_FOR:
-        _logger.debug('open_clip_spike patches open_clip %s; found %s', _PATCHED_FOR, open_clip.__version__)
+        _logger.warning('open_clip_spike.factory was written for open_clip %s, found %s: if create_model fails on '
+                        "'model_class', the factory no longer looks up CustomTextCLIP by name",
+                        _PATCHED_FOR, open_clip.__version__)
     _oc_factory.CustomTextCLIP = _build_custom_text_model
 
 

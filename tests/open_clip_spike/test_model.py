@@ -240,3 +240,42 @@ def test_init_text_from_teacher(tiny_model, teacher_model):
         paper_text.init_from_teacher(teacher_model)
     with pytest.raises(ValueError, match='token_embedding'):
         paper_text.init_from_teacher(torch.nn.Linear(2, 2))
+
+
+def test_local_dir_config_builds_spikeclip(tmp_path, calibrated_tiny_model, tiny_tokenizer, images):
+    # A config that is not a built-in (as a Hub or local-dir folder holds it) still builds SpikeCLIP.
+    from safetensors.torch import save_file
+    cfg = _cfg(TINY)
+    cfg['T'] = 2
+    (tmp_path / 'open_clip_config.json').write_text(json.dumps({'model_cfg': cfg, 'preprocess_cfg': {}}))
+    model = calibrated_tiny_model
+    save_file(model.state_dict(), os.fspath(tmp_path / 'open_clip_model.safetensors'))
+    loaded = open_clip.create_model(f'local-dir:{tmp_path}').eval()
+    assert isinstance(loaded, SpikeCLIP) and loaded.T == 2
+    tok = open_clip.get_tokenizer(f'local-dir:{tmp_path}')
+    assert tok.context_length == 20
+    ref = open_clip.create_model(TINY, T=2)  # the same config and weights, built from the built-in name
+    ref.load_state_dict(model.state_dict())
+    ref.eval()
+    assert torch.equal(loaded.encode_text(tok(['a cat'])), ref.encode_text(tiny_tokenizer(['a cat'])))
+    assert torch.equal(loaded.encode_image(images), ref.encode_image(images))
+    assert not torch.equal(loaded.encode_image(images), model.encode_image(images))  # T=2 vs T=4
+
+
+def test_demo_teacher_trains_from_scratch(images):
+    # The stage-0 teacher must learn with open_clip's own contrastive loss: a few steps on 8 pairs overfit them.
+    from open_clip.loss import ClipLoss
+    model = open_clip.create_model(TEACHER, output_dict=True).train()
+    tok = open_clip.get_tokenizer(TEACHER)
+    texts = tok([f'a photo of a {c}.' for c in ('cat', 'dog', 'car', 'ship', 'frog', 'bird', 'horse', 'truck')])
+    x = torch.cat([images, images.flip(-1)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = ClipLoss()
+    losses = []
+    for _ in range(15):
+        loss = loss_fn(**model(x, texts))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
