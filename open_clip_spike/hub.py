@@ -51,6 +51,10 @@ MODEL_CARD = 'README.md'
 PICKLED_OPEN_CLIP_WEIGHTS = ('open_clip_pytorch_model.bin', 'open_clip_pytorch_model.pt', 'open_clip_pytorch_model.pth')
 PICKLED_TIMM_WEIGHTS = ('pytorch_model.bin', 'pytorch_model.pth', 'model.pth', 'model.pt')
 _PICKLE_SUFFIXES = ('.bin', '.pt', '.pth', '.pkl', '.ckpt')
+# Files of an earlier upload that a new one replaces or removes: stale weights (a loader could pick them up)
+# and configs / reports that would no longer describe the weights. Other files in the repo are kept.
+_REPLACED_PATTERNS = ['*.safetensors', *(f'*{s}' for s in _PICKLE_SUFFIXES), TIMM_CONFIG, OPEN_CLIP_CONFIG,
+                      ENERGY_REPORT]
 
 # The keys of timm_spike.energy's report that the card and the metadata read.
 ENERGY_REPORT_KEYS = ('model', 'T', 'input_size', 'energy_mj_per_image', 'ann_energy_mj_per_image', 'constants',
@@ -519,6 +523,9 @@ def push_to_hub(
 ):
     """Write the Hub folder (see :func:`write_hub_folder`) and upload it as one commit.
 
+    The commit replaces an earlier upload on the same branch: weights (``*.safetensors``, pickles), configs and
+    the energy report not in the new folder are deleted; other files of the repository are kept.
+
     Args:
         model_or_checkpoint: A SpikeCLIP open_clip model, or a checkpoint path of the model ``model_name``.
         repo_id: ``ORG/NAME``; created if missing.
@@ -553,7 +560,8 @@ def push_to_hub(
         if revision is not None and revision != 'main':
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
-                                 commit_message=commit_message or f'Upload {folder.name} with spikeclip')
+                                 delete_patterns=_REPLACED_PATTERNS,
+                                 commit_message=commit_message or f'Upload {model_name or "SpikeCLIP"} with spikeclip')
     _logger.info('Uploaded to %s (commit %s)', repo_id, info.oid)
     return info
 
@@ -576,7 +584,7 @@ def _check_safetensors(path: str, repo_id: str, revision: Optional[str]):
 
 def _check_architectures(folder: Path, repo_id: str, open_clip_files: bool, timm_files: bool):
     import timm
-    import open_clip_spike  # noqa: F401  (registers the spiking backbones and SpikeCLIP configs)
+    from open_clip_spike.factory import MODEL_CLASSES  # importing open_clip_spike registers timm models too
 
     names = []
     if timm_files:
@@ -588,6 +596,11 @@ def _check_architectures(folder: Path, repo_id: str, open_clip_files: bool, timm
         if not isinstance(model_cfg, Mapping):
             raise ValueError(f'{OPEN_CLIP_CONFIG} of {repo_id} has no "model_cfg"; it is not an open_clip model repo')
         names.append((OPEN_CLIP_CONFIG, model_cfg.get('vision_cfg', {}).get('timm_model_name')))
+        model_class = model_cfg.get('model_class')
+        if model_class is not None and model_class not in MODEL_CLASSES:
+            raise ValueError(
+                f'{OPEN_CLIP_CONFIG} of {repo_id} names the model class {model_class!r}, which open_clip_spike '
+                f'does not know (known: {sorted(MODEL_CLASSES)}); it may need a newer spikeclip')
     for file, name in names:
         if name is None:
             continue
@@ -666,27 +679,30 @@ def download_from_hub(
             if not allow_pickle:
                 raise PickledWeightsError(
                     f'{where} offers the {what} only as pickled weights ({offered[0]}), '
-                    f'not as {safe}. Unpickling can run code from the file; pass allow_pickle=True '
-                    f'(--allow-pickle) only if you trust the publisher') from None
+                    f'not as {safe}. Unpickling can run code from the file; pass allow_pickle=True only if you '
+                    f'trust the publisher') from None
             _logger.warning('Using pickled weights %s of %s (allow_pickle=True)', offered[0], repo_id)
             return fetch(offered[0])
         _check_safetensors(path, repo_id, revision)
         return path
 
-    paths = []
+    # Configs first: a repo naming a model this install cannot build is refused before any weights download.
+    configs = []
     if open_clip_files:
-        paths.append(fetch_config(OPEN_CLIP_CONFIG, 'an open_clip model repository'))
-        paths.append(fetch_weights(OPEN_CLIP_WEIGHTS, PICKLED_OPEN_CLIP_WEIGHTS, 'SpikeCLIP weights'))
+        configs.append(fetch_config(OPEN_CLIP_CONFIG, 'an open_clip model repository'))
     if timm_files:
-        paths.append(fetch_config(TIMM_CONFIG, 'a timm model repository'))
-        paths.append(fetch_weights(TIMM_WEIGHTS, PICKLED_TIMM_WEIGHTS, 'image encoder weights'))
+        configs.append(fetch_config(TIMM_CONFIG, 'a timm model repository'))
+    folder = Path(configs[0]).parent
+    _check_architectures(folder, repo_id, open_clip_files, timm_files)
+    if open_clip_files:
+        fetch_weights(OPEN_CLIP_WEIGHTS, PICKLED_OPEN_CLIP_WEIGHTS, 'SpikeCLIP weights')
+    if timm_files:
+        fetch_weights(TIMM_WEIGHTS, PICKLED_TIMM_WEIGHTS, 'image encoder weights')
     for optional in (ENERGY_REPORT, MODEL_CARD):
         try:
             fetch(optional)
         except EntryNotFoundError:  # also raised offline when it was never cached
             pass
-    folder = Path(paths[0]).parent
-    _check_architectures(folder, repo_id, open_clip_files, timm_files)
     return folder
 
 

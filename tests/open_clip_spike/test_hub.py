@@ -377,13 +377,20 @@ def test_revisions_push_twice_and_load_each(server, data, tmp_path):
     spec = dict(
         repo_id='org/spikeclip-rev', inputs=str(data['root'] / 'inputs.safetensors'),
         out=str(tmp_path / 'rev.safetensors'), local_dir=str(tmp_path / 'kept'),
-        pushes=[dict(ckpt=str(tmp_path / 'v1.safetensors')), dict(ckpt=str(tmp_path / 'v2.safetensors')),
+        pushes=[dict(ckpt=str(tmp_path / 'v1.safetensors'), energy=str(data['root'] / 'energy.json')),
+                dict(ckpt=str(tmp_path / 'v2.safetensors')),
                 dict(ckpt=str(tmp_path / 'exp.safetensors'), revision='exp')])
+    # a repo that already holds pickled weights and a file of the user's: the upload replaces the first only
+    server.create_repo('org/spikeclip-rev')
+    server.commit('org/spikeclip-rev', {'open_clip_pytorch_model.bin': b'stale pickle', 'notes.txt': b'mine'})
     # token from HF_TOKEN; legacy single-commit upload path (without hf_xet)
     result = _client('push_and_load', spec, _env(server, tmp_path / 'home', HF_TOKEN=TOKEN, HF_HUB_DISABLE_XET='1'))
     v1, v2, exp = result['commits']
     repo = server.repos['org/spikeclip-rev']
     assert repo.branches['main'] == v2 and repo.branches['exp'] == exp and repo.commits[v2].parent == v1
+    files = {oid: set(repo.commits[oid].files) for oid in (v1, v2)}
+    assert 'energy.json' in files[v1] and 'energy.json' not in files[v2]  # v2 was pushed without a report
+    assert all('notes.txt' in f and 'open_clip_pytorch_model.bin' not in f for f in files.values())
     assert result['wrong_token'].startswith('HfHubHTTPError') and 'hf_wrongToken' not in result['wrong_token']
     out = load_file(spec['out'])
     expected = {name: _embed(m, data['inputs']) for name, m in models.items()}
@@ -411,6 +418,9 @@ def test_download_errors(server, data, tmp_path):
     cfg = json.loads(files['config.json'])
     cfg['architecture'] = 'spikingformer_nope'
     seed('org/unknown-model', {'config.json': json.dumps(cfg).encode()})
+    oc = json.loads(files['open_clip_config.json'])
+    oc['model_cfg']['model_class'] = 'SpikeCLIPv9'
+    seed('org/unknown-class', {'open_clip_config.json': json.dumps(oc).encode()})
     seed('org/corrupt', {'open_clip_model.safetensors': files['open_clip_model.safetensors'][:1000]})
     buf = data['root'] / 'pickled.bin'
     torch.save(data['model'].state_dict(), buf)
@@ -422,6 +432,7 @@ def test_download_errors(server, data, tmp_path):
         dict(key='missing_weights', call='download', repo_id='org/no-weights'),
         dict(key='missing_revision', call='download', repo_id='org/only-readme', revision='v9'),
         dict(key='unknown_model', call='download', repo_id='org/unknown-model'),
+        dict(key='unknown_class', call='load_spikeclip', repo_id='org/unknown-class'),
         dict(key='corrupt', call='download', repo_id='org/corrupt'),
         dict(key='pickled', call='load_spikeclip', repo_id='org/pickled'),
         dict(key='pickled_allowed', call='load_spikeclip', repo_id='org/pickled', allow_pickle=True),
@@ -437,6 +448,7 @@ def test_download_errors(server, data, tmp_path):
     assert r['missing_revision']['error'] == 'RevisionNotFoundError'
     assert r['unknown_model']['error'] == 'ValueError'
     assert "names the model 'spikingformer_nope'" in r['unknown_model']['message']
+    assert r['unknown_class']['error'] == 'ValueError' and "model class 'SpikeCLIPv9'" in r['unknown_class']['message']
     assert r['corrupt']['error'] == 'ValueError' and 'not a valid safetensors file' in r['corrupt']['message']
     assert r['pickled']['error'] == 'PickledWeightsError'
     assert 'open_clip_pytorch_model.bin' in r['pickled']['message'] and 'allow_pickle=True' in r['pickled']['message']
@@ -486,6 +498,7 @@ def _client_push_and_load(spec):
     commits = []
     for i, push in enumerate(spec['pushes']):
         info = hub_.push_to_hub(push['ckpt'], spec['repo_id'], TINY, revision=push.get('revision'),
+                                energy_report=push.get('energy'),
                                 local_dir=spec['local_dir'] if i == 0 else None, verify=i == 0)
         commits.append(info.oid)
     try:
