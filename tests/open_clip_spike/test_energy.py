@@ -107,6 +107,8 @@ def test_cli_spikeclip(tmp_path, capsys):
     assert d['text']['num_samples'] == 8 and d['text']['energy_mj_per_prompt'] > 0  # 8 bundled photo names
     assert d['ratios']['snn_over_teacher'] > 0 and d['text']['ratios']['snn_over_teacher'] > 0
     assert any('No checkpoint' in n for n in d['notes'])
+    from open_clip_spike.hub import validate_energy_report
+    assert validate_energy_report(str(tmp_path / 'energy.json'))['energy_mj_per_image'] == d['energy_mj_per_image']
     for png in ('energy.png', 'energy_text.png'):
         assert (tmp_path / png).read_bytes()[:4] == b'\x89PNG'
     out = capsys.readouterr().out

@@ -5,4 +5,5 @@ Convention of Spikformer / Spikingformer (REFERENCE section 4): E = E_MAC * MACs
 from .counting import LayerOps, SpikeOpCounter, ann_equivalent, calibrate_bn, count_operations
 from .firing import FiringRateRecorder, firing_rates
 from .measure import dense_macs, energy_report, layer_energies, model_input_size, teacher_energy, time_steps
+from .plot import plot_energy
 from .report import SCHEMA, EnergyConstants, EnergyReport, LayerEnergy, TeacherEnergy
