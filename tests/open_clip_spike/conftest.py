@@ -44,11 +44,11 @@ def calibrate_batchnorm(model, images):
 
 @pytest.fixture
 def calibrated_tiny_model(tiny_model):
-    """SpikeCLIP-Tiny in eval mode with BN running stats from 20 Fashion-MNIST test images (see calibrate_batchnorm)."""
+    """SpikeCLIP-Tiny in eval mode with BN running stats from 10 Fashion-MNIST test images (see calibrate_batchnorm)."""
     from open_clip_spike.data import IDXDataset
     preprocess = image_transform_v2(PreprocessCfg(**tiny_model.visual.preprocess_cfg), False)
     data = IDXDataset(FASHION_MNIST, 'test', transform=preprocess)
-    images = torch.stack([data[i][0] for i in range(0, 200, 10)])
+    images = torch.stack([data[i][0] for i in range(0, 200, 20)])
     return calibrate_batchnorm(tiny_model, images)
 
 
