@@ -2,7 +2,7 @@
 import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Union
 
 import torch
 from torch.utils.data import Dataset, Subset
