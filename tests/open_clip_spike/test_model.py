@@ -151,6 +151,12 @@ def test_time_steps_from_config_kwargs(images):
     model = open_clip.create_model(TINY, T=2).eval()
     assert model.T == 2 and model.visual.trunk.T == 2 and model.text.T == 2
     assert model.encode_image(images).shape == (4, 512)
+    # top-level lif_cfg reaches every neuron of both towers
+    from timm_spike.layers import is_spiking_neuron
+    model = open_clip.create_model(TINY, lif_cfg=dict(tau=3.0, impl='fused'))
+    lifs = [m for m in model.modules() if is_spiking_neuron(m)]
+    assert any(n.startswith('text.') for n, m in model.named_modules() if is_spiking_neuron(m))
+    assert len(lifs) > 5 and all(m.tau == 3.0 and m.impl == 'fused' for m in lifs)
 
 
 def test_grad_checkpointing_gives_same_result(tiny_tokenizer):
@@ -279,3 +285,12 @@ def test_demo_teacher_trains_from_scratch(images):
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_paper_text_tower_fits_vit_b_16_teacher_embeddings():
+    # The paper initialises the text embeddings from CLIP ViT-B/16's (shapes only: on the meta device).
+    with torch.device('meta'):
+        student = open_clip.create_model(PAPER, device='meta')
+        teacher = open_clip.create_model('ViT-B-16', device='meta')
+    student.init_text_from_teacher(teacher, rescale=False)
+    assert student.text.pos_embed.shape == (20, 512) and teacher.positional_embedding.shape == (77, 512)
