@@ -20,8 +20,8 @@ import timm_spike  # noqa: F401
 from timm_spike.energy import (
     EnergyConstants, EnergyReport, TeacherEnergy, calibrate_bn, energy_report, teacher_energy)
 from timm_spike.energy.cli import (
-    NO_CHECKPOINT_NOTE, _check_checkpoint, _loader, _on_meta, add_energy_args, constants_from_args, timm_energy_report,
-    write_outputs)
+    NO_CHECKPOINT_NOTE, add_energy_args, build_on_meta, check_checkpoint, check_plotting, constants_from_args,
+    make_loader, timm_energy_report, write_outputs)
 from timm_spike.energy.data import SKIMAGE_PHOTOS, image_dataset
 from timm_spike.energy.plot import plot_energy
 
@@ -81,7 +81,7 @@ def clip_teacher_energy(
     """
     if name not in open_clip.list_models():
         raise ValueError(f'Unknown teacher {name!r}: not an open_clip model name')
-    model = _on_meta(lambda: open_clip.create_model(name)).eval()
+    model = build_on_meta(lambda: open_clip.create_model(name)).eval()
     device = next(model.parameters()).device
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -174,12 +174,12 @@ def _templates(args) -> Sequence[str]:
 def _run_spikeclip(args) -> SpikeCLIPEnergy:
     kwargs = {} if args.T is None else {'T': args.T}
     if args.checkpoint:
-        _check_checkpoint(args.checkpoint)
+        check_checkpoint(args.checkpoint)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)
     tokenizer = open_clip.get_tokenizer(args.model)
     constants = constants_from_args(args)
     ds, desc = _dataset(args, preprocess)
-    loader = _loader(ds, args)
+    loader = make_loader(ds, args)
     prompts = class_prompts(_class_names(args, ds), _templates(args))
     notes = []
     if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
@@ -207,6 +207,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:
+        check_plotting()
         if _is_spikeclip(args.model):
             result = _run_spikeclip(args)
             paths = write_outputs(result.image, args.out, payload=result.to_dict())

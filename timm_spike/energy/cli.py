@@ -17,7 +17,8 @@ from .measure import energy_report, teacher_energy
 from .plot import plot_energy
 from .report import EnergyConstants, EnergyReport, TeacherEnergy
 
-__all__ = ['add_energy_args', 'constants_from_args', 'build_teacher', 'timm_energy_report', 'write_outputs', 'main']
+__all__ = ['add_energy_args', 'constants_from_args', 'build_teacher', 'build_on_meta', 'check_checkpoint',
+           'check_plotting', 'make_loader', 'timm_energy_report', 'write_outputs', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -51,8 +52,11 @@ def constants_from_args(args: argparse.Namespace) -> EnergyConstants:
     return EnergyConstants(e_mac_pj=args.e_mac, e_ac_pj=args.e_ac, source='user-supplied')
 
 
-def _on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    # Dense MAC counts need shapes only: building a large teacher on the meta device costs no memory or time.
+def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """``build()`` on the meta device, or on the CPU if the model's __init__ needs values.
+
+    Dense MAC counts need shapes only, so a large teacher costs no memory or time on the meta device.
+    """
     try:
         with torch.device('meta'):
             return build()
@@ -65,13 +69,14 @@ def build_teacher(name: str, constants: EnergyConstants) -> TeacherEnergy:
     import timm
     if name not in timm.list_models():
         raise ValueError(f'Unknown teacher {name!r}: not a timm model name')
-    teacher = _on_meta(lambda: timm.create_model(name))
+    teacher = build_on_meta(lambda: timm.create_model(name))
     size = timm.data.resolve_model_data_config(teacher)['input_size']
     x = torch.empty((1, *size), device=next(teacher.parameters()).device)
     return teacher_energy(teacher, x, name, constants=constants)
 
 
-def _loader(ds, args) -> DataLoader:
+def make_loader(ds, args: argparse.Namespace) -> DataLoader:
+    """An in-order DataLoader over ``ds`` honouring --max-samples and --batch-size; ValueError if empty."""
     if args.max_samples is not None:
         if args.max_samples < 1:
             raise ValueError(f'--max-samples must be >= 1, got {args.max_samples}')
@@ -81,7 +86,8 @@ def _loader(ds, args) -> DataLoader:
     return DataLoader(ds, batch_size=args.batch_size, shuffle=False)
 
 
-def _check_checkpoint(path: str):
+def check_checkpoint(path: str):
+    """Accept only an existing .safetensors file (never unpickle a checkpoint)."""
     if not path.endswith('.safetensors'):
         raise ValueError(f'--checkpoint {path!r}: only .safetensors files are loaded (pickles can run code)')
     if not os.path.isfile(path):
@@ -97,14 +103,14 @@ def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
         raise ValueError(f'Unknown model {args.model!r}; registered spiking models: {known}')
     kwargs: Dict[str, Any] = {} if args.T is None else {'T': args.T}
     if args.checkpoint:
-        _check_checkpoint(args.checkpoint)
+        check_checkpoint(args.checkpoint)
         # timm's loader: safetensors, the model's checkpoint_filter_fn (key renames, clear shape errors)
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=os.path.abspath(args.checkpoint)))
     model = timm.create_model(args.model, **kwargs)
     constants = constants_from_args(args)
     cfg = timm.data.resolve_model_data_config(model)
     ds, desc = image_dataset(args.data, timm.data.create_transform(**cfg, is_training=False))
-    loader = _loader(ds, args)
+    loader = make_loader(ds, args)
     notes = []
     if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
         calibrate_bn(model, (x for x, _ in loader))
@@ -118,10 +124,17 @@ def write_outputs(report: EnergyReport, out: str, payload: Optional[Dict[str, An
     """Write DIR/energy.json (``payload`` if given, else the report) and DIR/energy.png; return the paths."""
     import json
     from .report import atomic_write
-    os.makedirs(out, exist_ok=True)
+    png = plot_energy(report, os.path.join(out, 'energy.png'))  # first: a missing matplotlib leaves no JSON
     json_path = os.path.join(out, 'energy.json')
     atomic_write(json_path, json.dumps(payload if payload is not None else report.to_dict(), indent=2).encode())
-    return [json_path, plot_energy(report, os.path.join(out, 'energy.png'))]
+    return [json_path, png]
+
+
+def check_plotting():
+    """Fail before measuring, not after, when the chart cannot be drawn."""
+    import importlib.util
+    if importlib.util.find_spec('matplotlib') is None:
+        raise ImportError("The energy chart needs matplotlib: pip install 'spikeclip[plot]'")
 
 
 def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_spike.energy') -> int:
@@ -132,6 +145,7 @@ def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_spike.ene
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
     try:
+        check_plotting()
         report = timm_energy_report(args)
         paths = write_outputs(report, args.out)
     except (ValueError, ImportError) as e:
