@@ -9,6 +9,7 @@ from typing import List, Optional
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     'info': ('open_clip_spike.info', 'build a registered model and print its parameters, T, input and output shapes'),
+    'train': ('open_clip_spike.train', 'train SpikeCLIP with open_clip_train: stage 1 alignment or stage 2 dual loss'),
     'zeroshot': ('open_clip_spike.zeroshot', 'zero-shot top-1/top-5 of a model on a dataset from class-name prompts (JSON)'),
     'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
     'push': ('open_clip_spike.hub', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),

@@ -1,0 +1,619 @@
+"""``spikeclip train`` / ``python -m open_clip_spike.train``: open_clip's own training loop with SpikeCLIP's losses.
+
+Runs ``open_clip_train.main.main`` (open_clip_torch 3.3.0) with every one of its flags, plus this module's
+``--spike-*`` flags. The teacher is any open_clip model given by ``--distill-model`` and ``--distill-pretrained``
+(a tag such as ``openai``, or a local checkpoint file); both stages need it.
+
+Stage 1 (``--spike-loss align``, `AlignmentLoss`): both towers distilled to the teacher's features; the captions
+are any text (the paper uses class names in CLIP prompt templates).
+
+Stage 2 (``--spike-loss dual``, `DualLoss`): the text tower is frozen (``--lock-text`` is implied). How labels
+and class embeddings reach the loss inside open_clip's loop:
+
+- every caption must be one of the class names of ``--spike-classnames`` or one of ``--spike-templates`` filled
+  with a class name (e.g. a CSV whose ``title`` column is ``a photo of the digit three.``); a forward hook on the
+  student maps the caption's tokens to the class index and adds ``labels`` to the model's output dict, which
+  open_clip_train passes on to the loss. A caption that matches no class is an error, never a silent guess.
+- the class embeddings ``L`` (mean of the normalised template embeddings, renormalised) are computed once from
+  the frozen spiking text tower after the weights (and any ``--resume`` checkpoint) are loaded.
+- during training the hooks skip both text towers (their outputs are not used by `DualLoss`).
+
+Image size: when the teacher and the student take different input sizes (the paper: ViT-B/16 at 224, the
+spiking student at 32), the data is loaded at the larger size with that model's preprocessing and each model's
+forward pre-hook resizes (bilinear, antialiased) and renormalises its input; so the student sees CLIP's
+preprocessing followed by a bilinear resize to 32x32, as in the reference code, and the teacher its native size.
+Tokens: the loop tokenizes with the student's tokenizer; the teacher (same tokenizer family required) gets them
+zero-padded to its context length, which is what its own tokenizer would give for captions that fit the student's
+context.
+
+Patches of open_clip_train 3.3.0 all live in `_patched_open_clip_train` below, each with its reason. Checkpoints:
+open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
+writes ``epoch_N.safetensors`` (the model weights only), which loads with
+``open_clip.create_model_and_transforms(name, pretrained=<file>)`` without unpickling anything.
+"""
+import argparse
+import contextlib
+import functools
+import glob
+import inspect
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torch import nn
+
+import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
+from open_clip_spike.loss import AlignmentLoss, DualLoss
+
+__all__ = ['SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main']
+
+_logger = logging.getLogger(__name__)
+
+UPSTREAM_VERSION = '3.3.0'  # the open_clip_train version the patches below were written for
+LOGS_ENV = 'SPIKECLIP_LOGS'  # torchrun's parser takes --logs for its own --logs-specs, so offer this instead
+
+
+class SpikeTrainError(ValueError):
+    """Bad input to ``spikeclip train``; the message says what is wrong and what to do."""
+
+
+@dataclass
+class SpikeTrainConfig:
+    """The ``--spike-*`` options (everything else is open_clip_train's)."""
+    loss: str = 'align'
+    image_weight: float = 1.0
+    text_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    kl_weight: float = 1.0
+    kl_temperature: float = 1.0
+    classnames: Optional[str] = None
+    templates: Optional[str] = None
+    logs: Optional[str] = None
+    model_configs: Tuple[str, ...] = ()
+    export_safetensors: bool = True
+
+
+def _spike_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='spikeclip train', add_help=False, allow_abbrev=False,
+        description='Train SpikeCLIP with open_clip_train; all other options are open_clip_train\'s (listed below).')
+    g = p.add_argument_group('SpikeCLIP options')
+    g.add_argument('--spike-loss', dest='loss', choices=('align', 'dual'), default='align',
+                   help='align: stage 1, distil both towers to the teacher; dual: stage 2, CE + KL with the text '
+                        'tower frozen (default: align)')
+    g.add_argument('--spike-image-weight', dest='image_weight', type=float, default=1.0,
+                   help='stage 1: weight of mean(1 - cos) on image features (default 1)')
+    g.add_argument('--spike-text-weight', dest='text_weight', type=float, default=1.0,
+                   help='stage 1: weight of mean(1 - cos) on text features (default 1)')
+    g.add_argument('--spike-contrastive-weight', dest='contrastive_weight', type=float, default=0.0,
+                   help='stage 1: weight of an extra CLIP contrastive loss on the student (default 0: off)')
+    g.add_argument('--kl-weight', dest='kl_weight', type=float, default=1.0,
+                   help='stage 2: lambda, weight of KL(teacher || student) (default 1)')
+    g.add_argument('--kl-temperature', dest='kl_temperature', type=float, default=1.0,
+                   help='stage 2: tau, temperature of the KL term (default 1)')
+    g.add_argument('--spike-classnames', dest='classnames', default=None,
+                   help='stage 2 and zero-shot: a built-in class-name set (e.g. cifar10, fashion_mnist) or a '
+                        'text file with one class name per line')
+    g.add_argument('--spike-templates', dest='templates', default=None,
+                   help='prompt templates with {} for the class name: a built-in set or a file, one per line '
+                        '(default: the set named like --spike-classnames, else "a photo of a {}.")')
+    g.add_argument('--spike-logs', dest='logs', default=None,
+                   help=f'where runs are written (open_clip_train\'s --logs, which torchrun cannot pass on); '
+                        f'also ${LOGS_ENV}')
+    g.add_argument('--spike-model-config', dest='model_configs', action='append', default=[],
+                   help='an extra open_clip model config JSON file or folder to register (repeatable)')
+    g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
+                   help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Class names, templates, labels
+
+def _load_list(value: str, kind: str) -> List[str]:
+    """A built-in set of ``open_clip_spike.data`` or a file with one entry per line."""
+    from open_clip_spike import data as spike_data
+    getter = spike_data.get_classnames if kind == 'classnames' else spike_data.get_templates
+    try:
+        items = list(getter(value))
+    except (KeyError, ValueError, FileNotFoundError, OSError) as e:
+        raise SpikeTrainError(f'--spike-{kind} {value!r}: {e}') from e
+    if not items:
+        raise SpikeTrainError(f'--spike-{kind} {value!r} is empty')
+    return items
+
+
+def resolve_classnames_templates(
+        classnames: Optional[str], templates: Optional[str]) -> Tuple[Optional[List[str]], List[str]]:
+    """Class names and templates from the ``--spike-classnames`` / ``--spike-templates`` values."""
+    names = _load_list(classnames, 'classnames') if classnames else None
+    if templates:
+        temps = _load_list(templates, 'templates')
+    else:
+        try:
+            temps = _load_list(classnames, 'templates') if classnames else None
+        except SpikeTrainError:
+            temps = None
+        temps = temps or ['a photo of a {}.']
+    bad = [t for t in temps if '{}' not in t]
+    if bad:
+        raise SpikeTrainError(f'templates must contain {{}} where the class name goes; not: {bad[:3]}')
+    return names, temps
+
+
+class CaptionLabeler:
+    """Maps tokenized captions to class indices: a caption is a class name or a template filled with one.
+
+    A lookup table keyed by the token ids (not by strings: open_clip_train hands the model tokens only).
+
+    Args:
+        tokenizer: The tokenizer the training data is tokenized with.
+        classnames: The class names, in label order.
+        templates: Templates with ``{}`` for the class name.
+    """
+
+    def __init__(self, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str]):
+        texts, idx = [], []
+        for i, name in enumerate(classnames):
+            for text in dict.fromkeys([name] + [t.format(name) for t in templates]):
+                texts.append(text)
+                idx.append(i)
+        self.table: Dict[Tuple[int, ...], int] = {}
+        for text, row, i in zip(texts, tokenizer(texts).tolist(), idx):
+            prev = self.table.setdefault(tuple(row), i)
+            if prev != i:
+                raise SpikeTrainError(
+                    f'caption {text!r} tokenizes like a caption of class {classnames[prev]!r} (duplicate class '
+                    f'names, or prompts cut by the context length); labels would be ambiguous')
+        self.tokenizer = tokenizer
+        self.classnames = list(classnames)
+
+    def __call__(self, text: torch.Tensor) -> torch.Tensor:
+        labels = [self.table.get(tuple(row), -1) for row in text.tolist()]
+        if -1 in labels:
+            row = text[labels.index(-1)].tolist()
+            decode = getattr(self.tokenizer, 'decode', None)
+            shown = decode([t for t in row if t]) if callable(decode) else row
+            raise SpikeTrainError(
+                f'{labels.count(-1)} caption(s) in the batch match no class, e.g. {shown!r}: in stage 2 every '
+                f'caption must be a class name of --spike-classnames or a --spike-templates prompt of one '
+                f'(classes: {self.classnames[:5]}{"..." if len(self.classnames) > 5 else ""})')
+        return torch.tensor(labels, dtype=torch.long, device=text.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input adaptation between data, student and teacher
+
+class _SwitchableTransform:
+    """The transform main() got for the student; replaced by the teacher's when data is loaded at its size."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, x: Any) -> Any:
+        return self.transform(x)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def _pp_cfg(model: nn.Module) -> Dict[str, Any]:
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    size = cfg.get('size', 224)
+    cfg['size'] = (size, size) if isinstance(size, int) else tuple(size)
+    return cfg
+
+
+class _InputAdapter:
+    """Forward pre-/post-hook pair that fits the loop's batch to one model.
+
+    Resizes and renormalises images from the data's preprocessing to the model's, pads tokens to the model's
+    context length, optionally drops the text (stage 2, where text features are unused) and adds ``labels``
+    derived from the captions to the output dict.
+    """
+
+    def __init__(self, model: nn.Module, drop_text: str = 'never'):
+        cfg = _pp_cfg(model)
+        self.size = cfg['size']
+        self.mean = torch.tensor(cfg.get('mean', open_clip.OPENAI_DATASET_MEAN)).view(1, -1, 1, 1)
+        self.std = torch.tensor(cfg.get('std', open_clip.OPENAI_DATASET_STD)).view(1, -1, 1, 1)
+        self.data_mean, self.data_std = self.mean, self.std
+        self.context_length: Optional[int] = None
+        self.drop_text = drop_text  # 'never' | 'train' (only in training mode) | 'always'
+        self.labeler: Optional[CaptionLabeler] = None
+        self._labels: Optional[torch.Tensor] = None
+
+    def set_data_norm(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.data_mean, self.data_std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def attach(self, model: nn.Module) -> None:
+        model.register_forward_pre_hook(self.pre, with_kwargs=True)
+        model.register_forward_hook(self.post)
+
+    def adapt_image(self, image: torch.Tensor) -> torch.Tensor:
+        if not (torch.equal(self.mean, self.data_mean) and torch.equal(self.std, self.data_std)):
+            dev, dt = image.device, image.dtype
+            raw = image * self.data_std.to(dev, dt) + self.data_mean.to(dev, dt)
+            image = (raw - self.mean.to(dev, dt)) / self.std.to(dev, dt)
+        if tuple(image.shape[-2:]) != self.size:
+            image = F.interpolate(image, size=self.size, mode='bilinear', align_corners=False, antialias=True)
+        return image
+
+    def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
+        if self.context_length is not None and text.shape[-1] < self.context_length:
+            text = F.pad(text, (0, self.context_length - text.shape[-1]))  # CLIP BPE pads with token 0
+        return text
+
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict):
+        image = args[0] if len(args) > 0 else kwargs.get('image')
+        text = args[1] if len(args) > 1 else kwargs.get('text')
+        rest = {k: v for k, v in kwargs.items() if k not in ('image', 'text')}
+        self._labels = None
+        if text is not None and self.labeler is not None and module.training:
+            self._labels = self.labeler(text)  # only the training loop's loss needs them
+        if image is not None:
+            image = self.adapt_image(image)
+        if text is not None:
+            if self.drop_text == 'always' or (self.drop_text == 'train' and module.training):
+                text = None
+            else:
+                text = self.adapt_text(text)
+        return (), dict(rest, image=image, text=text)
+
+    def post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._labels is not None and isinstance(output, dict):
+            output['labels'] = self._labels
+        self._labels = None
+        return output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run: what the patched functions of open_clip_train call
+
+def _embed_dim(model: nn.Module, name: str) -> int:
+    cfg = open_clip.get_model_config(name)
+    if cfg and 'embed_dim' in cfg:
+        return int(cfg['embed_dim'])
+    # hf-hub: / local-dir: models have no local config: ask the model.
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.encode_image(torch.zeros(1, 3, *_pp_cfg(model)['size'], device=p.device, dtype=p.dtype))
+    model.train(was_training)
+    return out.shape[-1]
+
+
+class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that accepts ``device_ids=[cpu]`` (dropped, as PyTorch requires on CPU) and leaves a module without
+    trainable parameters (the frozen teacher) unwrapped (DDP refuses it and it has nothing to synchronise)."""
+
+    def __new__(cls, module: nn.Module, *args, **kwargs):
+        if not any(p.requires_grad for p in module.parameters()):
+            return module
+        return super().__new__(cls)
+
+    def __init__(self, module: nn.Module, device_ids: Optional[list] = None, **kwargs):
+        if device_ids and all(torch.device(d).type == 'cpu' for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids=device_ids, **kwargs)
+
+
+class _Run:
+    """State of one ``spikeclip train`` run, shared by the patched open_clip_train functions."""
+
+    def __init__(self, cfg: SpikeTrainConfig, oc_args: argparse.Namespace):
+        self.cfg = cfg
+        self.oc_args = oc_args  # parsed up front from the same argv; main() parses its own copy
+        self.classnames, self.templates = resolve_classnames_templates(cfg.classnames, cfg.templates)
+        self.student: Optional[nn.Module] = None
+        self.teacher: Optional[nn.Module] = None
+        self.student_adapter: Optional[_InputAdapter] = None
+        self.teacher_adapter: Optional[_InputAdapter] = None
+        self.transforms: Tuple[_SwitchableTransform, ...] = ()
+        self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
+
+    # open_clip_train.main.create_model_and_transforms: first call = student, second = teacher.
+    def create_model_and_transforms(self, *args, **kwargs):
+        model, pp_train, pp_val = open_clip.create_model_and_transforms(*args, **kwargs)
+        if self.student is None:
+            self.student = model
+            self.student_adapter = _InputAdapter(model, drop_text='train' if self.cfg.loss == 'dual' else 'never')
+            self.student_adapter.attach(model)
+            self.transforms = (_SwitchableTransform(pp_train), _SwitchableTransform(pp_val))
+            return model, self.transforms[0], self.transforms[1]
+        self.teacher = model
+        model.requires_grad_(False)  # upstream leaves the teacher trainable (and DDP-wraps it)
+        self._check_teacher()
+        self.teacher_adapter = _InputAdapter(model, drop_text='always' if self.cfg.loss == 'dual' else 'never')
+        self.teacher_adapter.attach(model)
+        self._set_up_inputs()
+        return model, pp_train, pp_val
+
+    def _check_teacher(self) -> None:
+        a = self.oc_args
+        d_s, d_t = _embed_dim(self.student, a.model), _embed_dim(self.teacher, a.distill_model)
+        if d_s != d_t:
+            raise SpikeTrainError(
+                f'teacher {a.distill_model!r} has embedding size {d_t}, student {a.model!r} {d_s}: the losses '
+                f'compare their embeddings directly, so pick a teacher with a {d_s}-d embedding (the paper\'s '
+                f'is ViT-B-16/openai, 512-d)')
+
+    def _set_up_inputs(self) -> None:
+        a = self.oc_args
+        s_cfg, t_cfg = _pp_cfg(self.student), _pp_cfg(self.teacher)
+        s_area, t_area = s_cfg['size'][0] * s_cfg['size'][1], t_cfg['size'][0] * t_cfg['size'][1]
+        src = self.teacher_adapter if t_area > s_area else self.student_adapter
+        if t_area > s_area:
+            pp = PreprocessCfg(**{k: v for k, v in t_cfg.items() if k in PreprocessCfg.__annotations__})
+            self.transforms[0].transform = image_transform_v2(pp, is_train=True, aug_cfg=a.aug_cfg)
+            self.transforms[1].transform = image_transform_v2(pp, is_train=False)
+            _logger.info(f'data loaded at the teacher\'s {t_cfg["size"]}; the student\'s input resized to '
+                         f'{s_cfg["size"]}')
+        for adapter in (self.student_adapter, self.teacher_adapter):
+            adapter.set_data_norm(src.mean, src.std)
+        if self.cfg.loss == 'align' and self.cfg.text_weight > 0:
+            s_tok = open_clip.get_tokenizer(a.model, context_length=a.force_context_length)
+            t_tok = open_clip.get_tokenizer(a.distill_model)
+            if type(s_tok) is not type(t_tok):
+                raise SpikeTrainError(
+                    f'student tokenizer {type(s_tok).__name__} and teacher tokenizer {type(t_tok).__name__} '
+                    'differ; the loop feeds both the student\'s tokens, so the teacher must use the same one')
+            if s_tok.context_length > t_tok.context_length:
+                raise SpikeTrainError(
+                    f'student context length {s_tok.context_length} exceeds the teacher\'s '
+                    f'{t_tok.context_length}; pass --force-context-length {t_tok.context_length} or smaller')
+            self.teacher_adapter.context_length = t_tok.context_length
+
+    # open_clip_train.main.create_loss
+    def create_loss(self, args: argparse.Namespace) -> nn.Module:
+        self.args = args
+        c = self.cfg
+        if c.loss == 'align':
+            return AlignmentLoss(
+                image_weight=c.image_weight, text_weight=c.text_weight, contrastive_weight=c.contrastive_weight,
+                local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
+                rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
+        tokenizer = open_clip.get_tokenizer(args.model, context_length=args.force_context_length)
+        self.student_adapter.labeler = CaptionLabeler(tokenizer, self.classnames, self.templates)
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            L = open_clip.build_zero_shot_classifier(
+                self.student, tokenizer=tokenizer, classnames=self.classnames, templates=self.templates,
+                num_classes_per_batch=10, device=args.device)
+        self.student.train(was_training)
+        _logger.info(f'stage 2: class embeddings of {len(self.classnames)} classes x {len(self.templates)} '
+                     f'templates from the frozen text tower')
+        return DualLoss(L.float(), kl_weight=c.kl_weight, kl_temperature=c.kl_temperature).to(args.device)
+
+    # open_clip_train.train.zero_shot_eval
+    def zero_shot_eval(self, model, data, epoch, args, tokenizer=None):
+        import open_clip_train.zero_shot as zs
+        if self.classnames is None or 'imagenet-val' not in data:
+            return self._upstream_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
+        dataset = data['imagenet-val'].dataloader.dataset
+        folders = list(dataset.classes)
+        names = ordered = self.classnames
+        if set(folders) <= set(names):
+            # folders named after (some of) the classes: relabel ImageFolder's sorted indices to class indices,
+            # so the classifier always covers the full class set
+            dataset.target_transform = _Relabel([names.index(f) for f in folders])
+        elif len(folders) == len(names):
+            pass  # folders sorted in class-name order (e.g. 0_tshirt, 1_trouser, ...)
+        else:
+            raise SpikeTrainError(
+                f'zero-shot folder {args.imagenet_val!r} has {len(folders)} class folders, --spike-classnames '
+                f'{len(names)} names; name the folders after the classes or sort them in class order')
+        saved = zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES
+        zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = ordered, self.templates
+        try:
+            results = self._upstream_zero_shot_eval(model, {'imagenet-val': data['imagenet-val']}, epoch, args,
+                                                    tokenizer=tokenizer)
+        finally:
+            zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = saved
+        return {k.replace('imagenet-zeroshot', 'zeroshot'): v for k, v in results.items()}
+
+    _upstream_zero_shot_eval = None  # set by _patched_open_clip_train
+
+
+class _Relabel:
+    """ImageFolder target_transform: folder index -> class index (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, mapping: List[int]):
+        self.mapping = mapping
+
+    def __call__(self, target: int) -> int:
+        return self.mapping[target]
+
+
+def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[float]:
+    """open_clip_train.zero_shot.accuracy without float(ndarray) (an error from numpy 2.4 on) and with k
+    capped at the number of classes (upstream's topk(5) fails with fewer than 5 classes)."""
+    k_max = min(max(topk), output.shape[1])
+    pred = output.topk(k_max, 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [correct[:min(k, k_max)].reshape(-1).float().sum().item() for k in topk]
+
+
+def _tar_file_expander_without_eof(expander):
+    params = inspect.signature(expander).parameters
+    if 'eof_value' not in params:
+        return expander
+    return functools.partial(expander, eof_value=None)
+
+
+@contextlib.contextmanager
+def _patched_open_clip_train(run: _Run):
+    """Every patch of open_clip_train (written for open_clip_torch 3.3.0) and why; undone on exit."""
+    import open_clip_train.main as oc_main
+    import open_clip_train.train as oc_train
+    import open_clip_train.zero_shot as oc_zero_shot
+    run._upstream_zero_shot_eval = oc_train.zero_shot_eval
+    patches = [
+        # main imported create_loss by name: the only way to plug in AlignmentLoss / DualLoss.
+        (oc_main, 'create_loss', run.create_loss),
+        # to see the student and teacher (embedding check, frozen teacher, hooks, teacher-size data).
+        (oc_main, 'create_model_and_transforms', run.create_model_and_transforms),
+        # main DDP-wraps with device_ids=[device], which PyTorch rejects on CPU; it also wraps the frozen teacher.
+        (torch.nn.parallel, 'DistributedDataParallel', _CpuSafeDDP),
+        # zero-shot knows only ImageNet's class names: use the run's (train imported zero_shot_eval by name).
+        (oc_train, 'zero_shot_eval', run.zero_shot_eval),
+        # accuracy() calls float() on a 1-element array, an error from numpy 2.4 on.
+        (oc_zero_shot, 'accuracy', _accuracy),
+    ]
+    import open_clip_train.data as oc_data
+    if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
+        # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for
+        # a file (KeyError 'fname'); ask for no marker (webdataset < 1.0 behaviour).
+        patches.append((oc_data, 'tar_file_expander', _tar_file_expander_without_eof(oc_data.tar_file_expander)))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    try:
+        for mod, name, value in patches:
+            setattr(mod, name, value)
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint export
+
+def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
+    """Write the model weights of an open_clip_train checkpoint (``epoch_N.pt``) as safetensors.
+
+    The result loads with ``open_clip.create_model_and_transforms(name, pretrained=<file>)``. The ``.pt`` is
+    read with ``weights_only=True`` (no arbitrary unpickling); the output is written to a temporary file and
+    renamed, so a failed export leaves nothing half-written.
+
+    Args:
+        checkpoint: Path of the ``.pt`` file written by open_clip_train.
+        output: Where to write; default: the same path with ``.safetensors``.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+    output = output or os.path.splitext(checkpoint)[0] + '.safetensors'
+    ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    sd = ckpt.get('state_dict', ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SpikeTrainError(f'{checkpoint} holds no state dict of tensors')
+    prefix = 'module.'  # DDP runs save the wrapped model
+    if all(k.startswith(prefix) for k in sd):
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    sd = {k: v.detach().clone().contiguous() for k, v in sd.items()}
+    meta = {'format': 'pt', 'source': os.path.basename(checkpoint)}
+    if isinstance(ckpt, dict) and 'epoch' in ckpt:
+        meta['epoch'] = str(ckpt['epoch'])
+    tmp = output + '.tmp'
+    try:
+        save_file(sd, tmp, metadata=meta)
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return output
+
+
+def _export_all(checkpoint_dir: str) -> List[str]:
+    written = []
+    for pt in sorted(glob.glob(os.path.join(checkpoint_dir, 'epoch_*.pt'))):
+        out = os.path.splitext(pt)[0] + '.safetensors'
+        if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(pt):
+            written.append(export_checkpoint(pt, out))
+            _logger.info(f'exported {out}')
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+def _known_model(name: str) -> bool:
+    return name.startswith(('hf-hub:', 'local-dir:')) or name in open_clip.list_models()
+
+
+def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
+    models = [m for m in open_clip.list_models() if m.startswith('SpikeCLIP')]
+    if not _known_model(a.model):
+        raise SpikeTrainError(f'unknown model {a.model!r}; SpikeCLIP models: {models} (any open_clip model name, '
+                              f'hf-hub:ORG/NAME or local-dir:PATH works; --spike-model-config adds a config)')
+    if (a.distill_model is None) != (a.distill_pretrained is None) or a.distill_model is None:
+        raise SpikeTrainError(
+            'SpikeCLIP training distils from a teacher: give both --distill-model (an open_clip model, e.g. '
+            'ViT-B-16) and --distill-pretrained (a tag such as openai, or a checkpoint file)')
+    if not _known_model(a.distill_model):
+        raise SpikeTrainError(f'unknown teacher model {a.distill_model!r} (--distill-model): not an open_clip model')
+    if cfg.loss == 'dual' and cfg.classnames is None:
+        raise SpikeTrainError('stage 2 (--spike-loss dual) needs the class names of the dataset: pass '
+                              '--spike-classnames NAME_OR_FILE (captions must be those names or prompts of them)')
+    if a.accum_freq != 1:
+        raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
+    if a.name and a.logs and a.logs.lower() != 'none':
+        existing = os.path.join(a.logs, a.name, 'out.log')
+        if os.path.exists(existing) and a.resume != 'latest':
+            raise SpikeTrainError(
+                f'experiment {a.name!r} already exists in {a.logs}: continue it with --resume latest, or pick a '
+                f'new --name')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse the ``--spike-*`` options, hand the rest to open_clip_train and return an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _spike_parser()
+    if '-h' in argv or '--help' in argv:
+        parser.print_help()
+        print('\nopen_clip_train options:')
+        from open_clip_train.params import parse_args
+        try:
+            parse_args(['--help'])
+        except SystemExit:
+            pass
+        return 0
+    ns, rest = parser.parse_known_args(argv)
+    cfg = SpikeTrainConfig(**{**vars(ns), 'model_configs': tuple(ns.model_configs)})
+    logs = cfg.logs or os.environ.get(LOGS_ENV)
+    if logs:
+        if any(r == '--logs' or r.startswith('--logs=') for r in rest):
+            print('spikeclip train: error: give the log folder once (--logs or --spike-logs/$SPIKECLIP_LOGS)',
+                  file=sys.stderr)
+            return 2
+        rest += ['--logs', logs]
+    if cfg.loss == 'dual' and '--lock-text' not in rest:
+        rest.append('--lock-text')  # stage 2 freezes the text tower
+    for path in cfg.model_configs:
+        if not os.path.exists(path):
+            print(f'spikeclip train: error: --spike-model-config {path!r} does not exist', file=sys.stderr)
+            return 2
+        open_clip.add_model_config(path)
+
+    from open_clip_train.main import main as open_clip_train_main
+    from open_clip_train.params import parse_args
+    try:
+        oc_args = parse_args(rest)
+        _validate(cfg, oc_args)
+        run = _Run(cfg, oc_args)
+        with _patched_open_clip_train(run):
+            rc = open_clip_train_main(rest)
+    except SpikeTrainError as e:
+        _logger.error(str(e))
+        print(f'spikeclip train: error: {e}', file=sys.stderr)
+        return 2
+    if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
+        return 1
+    args = run.args
+    if cfg.export_safetensors and args is not None and getattr(args, 'save_logs', False):
+        _export_all(args.checkpoint_path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
