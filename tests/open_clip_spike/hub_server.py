@@ -49,6 +49,7 @@ class Commit:
     message: str
     files: Dict[str, bytes]
     date: str
+    oids: Dict[str, str] = field(default_factory=dict)  # path -> git blob sha1, computed once per commit
 
 
 @dataclass
@@ -155,11 +156,11 @@ class HubServer:
             tree = {p: b for p, b in tree.items() if p != path and not p.startswith(path.rstrip('/') + '/')}
         tree.update(files)
         self._counter += 1
-        digest = hashlib.sha1(json.dumps(
-            [parent, message, self._counter, sorted((p, git_blob_sha1(b)) for p, b in tree.items())]).encode())
-        oid = digest.hexdigest()
+        oid = hashlib.sha1(json.dumps([parent, message, self._counter, sorted(tree)]).encode()).hexdigest()
         date = datetime.datetime.now(datetime.timezone.utc).isoformat().replace('+00:00', 'Z')
-        repo.commits[oid] = Commit(oid, parent, message, tree, date)
+        oids = {p: (repo.commits[parent].oids[p] if parent and repo.commits[parent].files.get(p) is b else
+                    git_blob_sha1(b)) for p, b in tree.items()}
+        repo.commits[oid] = Commit(oid, parent, message, tree, date, oids)
         repo.branches[branch] = oid
         return oid
 
@@ -315,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
             files = json.loads(body)['files']
             return self._json(200, {'files': [
                 dict(path=f['path'], uploadMode='regular', shouldIgnore=False,
-                     oid=git_blob_sha1(commit.files[f['path']]) if f['path'] in commit.files else None)
+                     oid=commit.oids.get(f['path']))
                 for f in files], 'commitOid': commit.oid})
         if method == 'POST' and rest[:1] == ['commit'] and len(rest) == 2:
             self._need_write()
@@ -379,7 +380,7 @@ class _Handler(BaseHTTPRequestHandler):
                 folders.add(prefix + rel.split('/')[0])
                 continue
             data = commit.files[p]
-            entries.append({'type': 'file', 'oid': git_blob_sha1(data), 'size': len(data), 'path': p})
+            entries.append({'type': 'file', 'oid': commit.oids[p], 'size': len(data), 'path': p})
         entries += [{'type': 'directory', 'oid': hashlib.sha1(f.encode()).hexdigest(), 'size': 0, 'path': f}
                     for f in sorted(folders)]
         return entries
@@ -391,7 +392,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in commit.files:
             raise HubError(404, 'EntryNotFound', 'Entry not found')
         data = commit.files[path]
-        headers = {'ETag': f'"{git_blob_sha1(data)}"', 'X-Repo-Commit': commit.oid, 'Accept-Ranges': 'bytes'}
+        headers = {'ETag': f'"{commit.oids[path]}"', 'X-Repo-Commit': commit.oid, 'Accept-Ranges': 'bytes'}
         status, body = 200, data
         range_header = self.headers.get('Range')
         if range_header and not head:
