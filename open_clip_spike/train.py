@@ -380,6 +380,10 @@ class _Run:
                 image_weight=c.image_weight, text_weight=c.text_weight, contrastive_weight=c.contrastive_weight,
                 local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
                 rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
+        text_tower = getattr(self.student, 'text', None)
+        if text_tower is not None and any(p.requires_grad for p in text_tower.parameters()):
+            raise SpikeTrainError(f'{args.model}: lock_text_tower() left text parameters trainable; stage 2 needs '
+                                  'the text tower frozen')
         tokenizer = open_clip.get_tokenizer(args.model, context_length=args.force_context_length)
         self.student_adapter.labeler = CaptionLabeler(tokenizer, self.classnames, self.templates)
         was_training = self.student.training
@@ -555,6 +559,9 @@ def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
     if cfg.loss == 'dual' and cfg.classnames is None:
         raise SpikeTrainError('stage 2 (--spike-loss dual) needs the class names of the dataset: pass '
                               '--spike-classnames NAME_OR_FILE (captions must be those names or prompts of them)')
+    if cfg.loss == 'dual' and a.lock_text_unlocked_layers:
+        raise SpikeTrainError('stage 2 freezes the whole text tower (its class embeddings are computed once); '
+                              'drop --lock-text-unlocked-layers')
     if a.accum_freq != 1:
         raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
     if a.name and a.logs and a.logs.lower() != 'none':

@@ -223,6 +223,9 @@ def test_teacher_with_other_embedding_size(digits):
     ({'--distill-model': 'NoSuchTeacher'}, "unknown teacher model 'NoSuchTeacher'"),
     ({'--distill-pretrained': None}, 'give both --distill-model'),
     ({'--spike-loss': 'dual'}, 'needs the class names'),
+    ({'--spike-loss': 'dual', '--spike-classnames': 'cifar10', '--lock-text-unlocked-layers': '1'},
+     'freezes the whole text tower'),
+    ({'--spike-classnames': 'no_such_set'}, "--spike-classnames 'no_such_set'"),
 ])
 def test_bad_input_is_refused(digits, capsys, change, message):
     cmd = _cmd(digits, 'never', *_csv(digits), module=False)
