@@ -17,11 +17,12 @@ import torch
 import torch.nn as nn
 
 import timm_spike  # noqa: F401
+from open_clip_spike.model import SpikeCLIP
 from timm_spike.energy import (
     EnergyConstants, EnergyReport, TeacherEnergy, calibrate_bn, energy_report, teacher_energy)
 from timm_spike.energy.cli import (
-    NO_CHECKPOINT_NOTE, add_energy_args, build_on_meta, check_checkpoint, check_plotting, constants_from_args,
-    make_loader, timm_energy_report, write_outputs)
+    HUB_PREFIXES, NO_CHECKPOINT_NOTE, add_energy_args, build_on_meta, check_checkpoint, check_plotting,
+    constants_from_args, make_loader, timm_energy_report, write_outputs)
 from timm_spike.energy.data import SKIMAGE_PHOTOS, image_dataset
 from timm_spike.energy.plot import plot_energy
 
@@ -117,7 +118,8 @@ def spikeclip_energy_report(
         batch_size: Prompts per batch for the text tower.
     """
     if tokens.ndim != 2 or not len(tokens):
-        raise ValueError(f'tokens must be a non-empty [prompts, context_length] tensor, got shape {tuple(tokens.shape)}')
+        raise ValueError(
+            f'tokens must be a non-empty [prompts, context_length] tensor, got shape {tuple(tokens.shape)}')
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     common = dict(constants=constants, progress=progress, notes=notes)
@@ -133,6 +135,11 @@ def spikeclip_energy_report(
 
 
 def _is_spikeclip(name: str) -> bool:
+    """A registered SpikeCLIP config, an hf-hub: repository, or a local-dir: folder in open_clip's layout."""
+    if name.startswith('hf-hub:'):
+        return True
+    if name.startswith('local-dir:'):
+        return os.path.isfile(os.path.join(name[len('local-dir:'):], 'open_clip_config.json'))
     cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
     return bool(cfg) and cfg.get('model_class') == 'SpikeCLIP'
 
@@ -176,15 +183,19 @@ def _run_spikeclip(args) -> SpikeCLIPEnergy:
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)
+    if not isinstance(model, SpikeCLIP):
+        raise ValueError(f'{args.model!r} is an open_clip model but not a SpikeCLIP one (no spiking towers); '
+                         f'give it as --teacher instead')
+    trained = bool(args.checkpoint) or args.model.startswith(HUB_PREFIXES)  # hub names bring their weights
     tokenizer = open_clip.get_tokenizer(args.model)
     constants = constants_from_args(args)
     ds, desc = _dataset(args, preprocess)
     loader = make_loader(ds, args)
     prompts = class_prompts(_class_names(args, ds), _templates(args))
     notes = []
-    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
+    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not trained):
         calibrate_bn(model.visual, (x for x, _ in loader))
-        notes.append(NO_CHECKPOINT_NOTE if not args.checkpoint else 'BatchNorm statistics calibrated on the data.')
+        notes.append(NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.')
     teacher = clip_teacher_energy(args.teacher, prompts, constants) if args.teacher else None
     return spikeclip_energy_report(
         model.eval(), loader, tokenizer(prompts), model_name=args.model, data_name=desc,
@@ -195,8 +206,8 @@ def _run_spikeclip(args) -> SpikeCLIPEnergy:
 def main(argv: Optional[List[str]] = None) -> int:
     prog = 'spikeclip energy'
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('model', help='a SpikeCLIP model config (e.g. SpikeCLIP-Tiny) or a timm_spike model '
-                                 '(e.g. spikingformer_clip)')
+    p.add_argument('model', help='a SpikeCLIP model config (e.g. SpikeCLIP-Tiny), hf-hub:ORG/NAME or local-dir:PATH '
+                                 'of a published SpikeCLIP, or a timm_spike model (e.g. spikingformer_clip)')
     add_energy_args(p)
     p.add_argument('--split', default='test', choices=('train', 'test'), help='split of an IDX folder (SpikeCLIP)')
     p.add_argument('--classnames', default=None,

@@ -138,3 +138,22 @@ def test_cli_spikeclip_on_idx_fashion_mnist(tmp_path):
     d = json.loads((tmp_path / 'energy.json').read_text())
     assert d['num_samples'] == 2 and 'IDXDataset' in d['data'] and 'test split' in d['data']
     assert d['text']['num_samples'] == 10 and 'T-shirt/top' in d['text']['data']
+
+
+def test_cli_on_a_published_folder(tmp_path):
+    """local-dir: folders written by open_clip_spike.hub load with their weights (no BN calibration), through
+    spikeclip energy (open_clip layout, both towers) and python -m timm_spike.energy (timm layout)."""
+    from open_clip_spike.hub import write_hub_folder
+    from timm_spike.energy.cli import main as timm_main
+    model = open_clip.create_model('SpikeCLIP-Tiny')
+    folder = write_hub_folder(tmp_path / 'repo', model, 'SpikeCLIP-Tiny')
+    args = ['--T', '2', '--max-samples', '2', '--batch-size', '2', '--no-progress']
+    assert cli_main(['energy', f'local-dir:{folder}', *args, '--out', str(tmp_path / 'a')]) == 0
+    assert timm_main([f'local-dir:{folder}', *args, '--out', str(tmp_path / 'b')]) == 0
+    a = json.loads((tmp_path / 'a' / 'energy.json').read_text())
+    b = json.loads((tmp_path / 'b' / 'energy.json').read_text())
+    assert a['text']['num_samples'] == 8 and b['num_samples'] == 2
+    for d in (a, b):
+        assert not any('calibrated' in n or 'No checkpoint' in n for n in d['notes'])
+    # same image tower, same photos, same weights: the same operations layer by layer
+    assert [l['sops'] for l in a['layers']] == pytest.approx([l['sops'] for l in b['layers']], rel=1e-9)

@@ -28,7 +28,8 @@ class TinySNN(nn.Module):
         self.conv = layer.Conv2d(1, 2, 3, padding=1, bias=False, step_mode='m')
         self.lif = create_lif()
         self.fc = layer.Linear(32, 3, bias=False, step_mode='m')
-        with torch.no_grad():  # channel 0 copies the input, channel 1 is silent; a {0, 1} weight, never taken for spikes
+        # Channel 0 copies the input, channel 1 is silent: a {0, 1} weight, which must never be taken for spikes.
+        with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[0, 0, 1, 1] = 1.
             self.fc.weight.fill_(0.1)

@@ -18,10 +18,12 @@ from .plot import plot_energy
 from .report import EnergyConstants, EnergyReport, TeacherEnergy
 
 __all__ = ['add_energy_args', 'constants_from_args', 'build_teacher', 'build_on_meta', 'check_checkpoint',
-           'check_plotting', 'make_loader', 'timm_energy_report', 'write_outputs', 'main']
+           'check_plotting', 'make_loader', 'HUB_PREFIXES', 'timm_energy_report', 'write_outputs', 'main']
 
 _logger = logging.getLogger(__name__)
 
+# timm and open_clip model names that bring their own weights.
+HUB_PREFIXES = ('hf-hub:', 'local-dir:')
 NO_CHECKPOINT_NOTE = ('No checkpoint: random weights; BatchNorm statistics were calibrated on the data so the '
                       'firing rates are those of an untrained network, not of a trained one.')
 
@@ -40,7 +42,8 @@ def add_energy_args(p: argparse.ArgumentParser):
     p.add_argument('--e-mac', type=float, default=EnergyConstants.e_mac_pj, help='pJ per MAC (default %(default)s)')
     p.add_argument('--e-ac', type=float, default=EnergyConstants.e_ac_pj, help='pJ per AC (default %(default)s)')
     p.add_argument('--calibrate-bn', choices=('auto', 'yes', 'no'), default='auto',
-                   help='re-estimate BatchNorm statistics on the data first (auto: only without --checkpoint)')
+                   help='re-estimate BatchNorm statistics on the data first (auto: only for random weights, i.e. '
+                        'without --checkpoint, hf-hub: or local-dir:)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--out', required=True, help='output folder for energy.json and energy.png')
 
@@ -98,10 +101,14 @@ def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
     """Build the timm model named in ``args`` and measure it on ``args.data``."""
     import timm
     import timm_spike  # noqa: F401  (registers the spiking models)
-    if args.model not in timm.list_models():
+    hub = args.model.startswith(HUB_PREFIXES)
+    if not hub and args.model not in timm.list_models():
         known = ', '.join(timm.list_models('spikingformer*'))
-        raise ValueError(f'Unknown model {args.model!r}; registered spiking models: {known}')
+        raise ValueError(f'Unknown model {args.model!r}; registered spiking models: {known} '
+                         f'(or {" / ".join(HUB_PREFIXES)} a folder or Hub repository)')
     kwargs: Dict[str, Any] = {} if args.T is None else {'T': args.T}
+    if hub and not args.checkpoint:
+        kwargs['pretrained'] = True  # the weights come with the folder / repository
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
         # timm's loader: safetensors, the model's checkpoint_filter_fn (key renames, clear shape errors)
@@ -112,9 +119,10 @@ def timm_energy_report(args: argparse.Namespace) -> EnergyReport:
     ds, desc = image_dataset(args.data, timm.data.create_transform(**cfg, is_training=False))
     loader = make_loader(ds, args)
     notes = []
-    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not args.checkpoint):
+    trained = bool(args.checkpoint) or hub
+    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not trained):
         calibrate_bn(model, (x for x, _ in loader))
-        notes.append(NO_CHECKPOINT_NOTE if not args.checkpoint else 'BatchNorm statistics calibrated on the data.')
+        notes.append(NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.')
     teacher = build_teacher(args.teacher, constants) if args.teacher else None
     return energy_report(model, loader, model_name=args.model, data_name=desc, constants=constants,
                          teacher=teacher, progress=not args.no_progress, notes=notes)
@@ -140,7 +148,8 @@ def check_plotting():
 def main(argv: Optional[List[str]] = None, prog: str = 'python -m timm_spike.energy') -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('model', help='a registered timm_spike model, e.g. spikingformer_clip')
+    p.add_argument('model', help='a registered timm_spike model (e.g. spikingformer_clip), or local-dir:PATH / '
+                                 'hf-hub:ORG/NAME (weights included)')
     add_energy_args(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(message)s')
