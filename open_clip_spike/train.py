@@ -5,7 +5,8 @@ Runs ``open_clip_train.main.main`` (open_clip_torch 3.3.0) with every one of its
 (a tag such as ``openai``, or a local checkpoint file); both stages need it.
 
 Stage 1 (``--spike-loss align``, `AlignmentLoss`): both towers distilled to the teacher's features; the captions
-are any text (the paper uses class names in CLIP prompt templates).
+are any text (the paper uses class names in CLIP prompt templates). A tower that no loss term uses (e.g.
+``--spike-text-weight 0``: images only, as the reference code trains them) is frozen and skipped.
 
 Stage 2 (``--spike-loss dual``, `DualLoss`): the text tower is frozen (``--lock-text`` is implied). How labels
 and class embeddings reach the loss inside open_clip's loop:
@@ -305,6 +306,15 @@ class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
         super().__init__(module, device_ids=device_ids, **kwargs)
 
 
+def _student_text_used(cfg: SpikeTrainConfig) -> bool:
+    # text features enter the loss only in stage 1 with a text or a contrastive term
+    return cfg.loss == 'align' and (cfg.text_weight > 0 or cfg.contrastive_weight > 0)
+
+
+def _student_image_used(cfg: SpikeTrainConfig) -> bool:
+    return cfg.loss == 'dual' or cfg.image_weight > 0 or cfg.contrastive_weight > 0
+
+
 class _Run:
     """State of one ``spikeclip train`` run, shared by the patched open_clip_train functions."""
 
@@ -319,19 +329,27 @@ class _Run:
         self.transforms: Tuple[_SwitchableTransform, ...] = ()
         self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
 
+    @property
+    def _student_text_used(self) -> bool:
+        return _student_text_used(self.cfg)
+
+    @property
+    def _teacher_text_used(self) -> bool:
+        return self.cfg.loss == 'align' and self.cfg.text_weight > 0
+
     # open_clip_train.main.create_model_and_transforms: first call = student, second = teacher.
     def create_model_and_transforms(self, *args, **kwargs):
         model, pp_train, pp_val = open_clip.create_model_and_transforms(*args, **kwargs)
         if self.student is None:
             self.student = model
-            self.student_adapter = _InputAdapter(model, drop_text='train' if self.cfg.loss == 'dual' else 'never')
+            self.student_adapter = _InputAdapter(model, drop_text='never' if self._student_text_used else 'train')
             self.student_adapter.attach(model)
             self.transforms = (_SwitchableTransform(pp_train), _SwitchableTransform(pp_val))
             return model, self.transforms[0], self.transforms[1]
         self.teacher = model
         model.requires_grad_(False)  # upstream leaves the teacher trainable (and DDP-wraps it)
         self._check_teacher()
-        self.teacher_adapter = _InputAdapter(model, drop_text='always' if self.cfg.loss == 'dual' else 'never')
+        self.teacher_adapter = _InputAdapter(model, drop_text='never' if self._teacher_text_used else 'always')
         self.teacher_adapter.attach(model)
         self._set_up_inputs()
         return model, pp_train, pp_val
@@ -358,7 +376,7 @@ class _Run:
                          f'{s_cfg["size"]}')
         for adapter in (self.student_adapter, self.teacher_adapter):
             adapter.set_data_norm(src.mean, src.std)
-        if self.cfg.loss == 'align' and self.cfg.text_weight > 0:
+        if self._teacher_text_used:
             s_tok = open_clip.get_tokenizer(a.model, context_length=a.force_context_length)
             t_tok = open_clip.get_tokenizer(a.distill_model)
             if type(s_tok) is not type(t_tok):
@@ -459,6 +477,9 @@ def _patched_open_clip_train(run: _Run):
     import open_clip_train.main as oc_main
     import open_clip_train.train as oc_train
     import open_clip_train.zero_shot as oc_zero_shot
+    if open_clip.__version__ != UPSTREAM_VERSION:
+        _logger.warning(f'open_clip_spike.train patches open_clip_train {UPSTREAM_VERSION}; found '
+                        f'{open_clip.__version__}')
     run._upstream_zero_shot_eval = oc_train.zero_shot_eval
     patches = [
         # main imported create_loss by name: the only way to plug in AlignmentLoss / DualLoss.
@@ -594,8 +615,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                   file=sys.stderr)
             return 2
         rest += ['--logs', logs]
-    if cfg.loss == 'dual' and '--lock-text' not in rest:
-        rest.append('--lock-text')  # stage 2 freezes the text tower
+    # A tower whose features no loss term uses is frozen (stage 2: the text tower, as in the paper): its weights
+    # could not learn anything, and DDP refuses trainable parameters that get no gradient.
+    if not _student_text_used(cfg) and '--lock-text' not in rest:
+        rest.append('--lock-text')
+    if not _student_image_used(cfg) and '--lock-image' not in rest:
+        rest.append('--lock-image')
     for path in cfg.model_configs:
         if not os.path.exists(path):
             print(f'spikeclip train: error: --spike-model-config {path!r} does not exist', file=sys.stderr)

@@ -255,3 +255,45 @@ def test_help_lists_both_option_sets(capsys):
     assert spike_train.main(['--help']) == 0
     out = capsys.readouterr().out
     assert '--spike-loss' in out and '--kl-temperature' in out and '--train-data' in out
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for an open_clip model: a preprocess config and a forward that records its inputs."""
+
+    def __init__(self, size, mean, std):
+        super().__init__()
+        self.visual = torch.nn.Module()
+        self.visual.preprocess_cfg = dict(size=size, mean=mean, std=std)
+
+    def forward(self, image=None, text=None):
+        self.seen = image, text
+        return {'image_features': image}
+
+
+def test_input_adapter_resizes_renormalises_pads_and_labels():
+    import torch.nn.functional as F
+    mean_t, std_t = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    mean_s, std_s = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    student = _Recorder(32, mean_s, std_s)
+    adapter = spike_train._InputAdapter(student, drop_text='train')
+    adapter.set_data_norm(torch.tensor(mean_t), torch.tensor(std_t))
+    adapter.context_length = 30
+    tok = open_clip.get_tokenizer(STUDENT)
+    adapter.labeler = spike_train.CaptionLabeler(tok, NAMES, [TEMPLATE])
+    adapter.attach(student)
+
+    raw = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    as_loaded = (raw - torch.tensor(mean_t).view(1, 3, 1, 1)) / torch.tensor(std_t).view(1, 3, 1, 1)
+    expected = F.interpolate((raw - torch.tensor(mean_s).view(1, 3, 1, 1)) / torch.tensor(std_s).view(1, 3, 1, 1),
+                             size=(32, 32), mode='bilinear', antialias=True)
+    text = tok(['a photo of the digit two.', 'six'])
+
+    out = student.eval()(as_loaded, text)
+    image, seen_text = student.seen
+    assert image.shape == (2, 3, 32, 32) and torch.allclose(image, expected, atol=1e-5)
+    assert seen_text.shape == (2, 30) and torch.equal(seen_text[:, :20], text) and not seen_text[:, 20:].any()
+    assert 'labels' not in out  # labels only for the training loss
+
+    out = student.train()(as_loaded, text)
+    assert student.seen[1] is None  # stage 2 skips the text tower in training
+    assert out['labels'].tolist() == [2, 6]
