@@ -5,7 +5,9 @@ Written for open_clip_torch 3.3.0. open_clip has no model-class registry: ``open
 ``open_clip.factory``'s globals. The patch replaces that global ``CustomTextCLIP`` with a function that builds
 the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open_clip's own
 ``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
-``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs.
+``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs. A SpikeCLIP config
+therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextCLIP branch) and
+``"model_class": "SpikeCLIP"``.
 """
 import logging
 from pathlib import Path
