@@ -39,6 +39,7 @@ import glob
 import inspect
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -52,7 +53,8 @@ from torch import nn
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
 from open_clip_spike.loss import AlignmentLoss, DualLoss
 
-__all__ = ['SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main']
+__all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main',
+           'resolve_classnames_templates']
 
 _logger = logging.getLogger(__name__)
 
@@ -629,15 +631,24 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from open_clip_train.main import main as open_clip_train_main
     from open_clip_train.params import parse_args
+    new_dir = None
     try:
         oc_args = parse_args(rest)
         _validate(cfg, oc_args)
         run = _Run(cfg, oc_args)
+        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none':
+            new_dir = os.path.join(oc_args.logs, oc_args.name)
+            new_dir = None if os.path.exists(new_dir) else new_dir
         with _patched_open_clip_train(run):
             rc = open_clip_train_main(rest)
     except SpikeTrainError as e:
         _logger.error(str(e))
         print(f'spikeclip train: error: {e}', file=sys.stderr)
+        # A run refused before its first checkpoint leaves no experiment folder behind (a rerun with the same
+        # --name would otherwise be refused as existing).
+        if new_dir and os.environ.get('RANK', '0') == '0' and os.path.isdir(new_dir) \
+                and not glob.glob(os.path.join(new_dir, '**', '*.pt'), recursive=True):
+            shutil.rmtree(new_dir, ignore_errors=True)
         return 2
     if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
         return 1

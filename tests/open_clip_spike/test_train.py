@@ -216,6 +216,7 @@ def test_teacher_with_other_embedding_size(digits):
     proc = _run(cmd)
     assert proc.returncode == 2
     assert 'embedding size 64' in proc.stderr and '512' in proc.stderr
+    assert not (digits / 'logs' / 'bad-teacher').exists()  # nothing left behind: the same --name can be rerun
 
 
 @pytest.mark.parametrize('change, message', [
