@@ -404,10 +404,28 @@ def _verify_folder(folder: Path, model: nn.Module, tower: nn.Module):
         if bad:
             raise RuntimeError(f'{what}: reloaded tensors differ from the source: {bad[:8]}')
 
-    reloaded = open_clip.create_model(f'local-dir:{folder}')
+    reloaded = open_clip.create_model(f'local-dir:{folder}').eval()
     _same(model.state_dict(), reloaded.state_dict(), 'open_clip local-dir load')
-    encoder = timm.create_model(f'local-dir:{folder}', pretrained=True)
+    encoder = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     _same(tower.state_dict(), encoder.state_dict(), 'timm local-dir load')
+
+    # Same weights are not enough: the configs must rebuild the same computation (T, readout, sizes...).
+    size = tuple(encoder.pretrained_cfg['input_size'])
+    x = torch.randn((2, *size), generator=torch.Generator().manual_seed(0))
+    tokens = open_clip.get_tokenizer(f'local-dir:{folder}')(['a photo of a cat.', 'a sketch of a dog.'])
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            checks = [('open_clip image', model.encode_image(x), reloaded.encode_image(x)),
+                      ('open_clip text', model.encode_text(tokens), reloaded.encode_text(tokens)),
+                      ('timm image', model.encode_image(x), encoder(x))]
+    finally:
+        model.train(was_training)
+    for what, a, b in checks:
+        if a.shape != b.shape or not torch.equal(a, b):
+            raise RuntimeError(f'{what} embeddings of the reloaded folder differ from the source model: the '
+                               f'published config does not rebuild the model (was it created with overrides?)')
 
 
 def write_hub_folder(
@@ -455,6 +473,9 @@ def write_hub_folder(
     tower = _image_tower(model)
     architecture = tower.pretrained_cfg.get('architecture') or type(tower).__name__
     T = getattr(tower, 'T', None)
+    if T is not None and model_cfg.get('T', T) != T:
+        raise ValueError(f"The model runs T={T} but its config {model_name!r} says T={model_cfg['T']}; pass the "
+                         f'model_cfg it was built from')
     if energy is not None and T is not None and energy['T'] != T:
         raise ValueError(f"The energy report was measured with T={energy['T']} but the model runs T={T}; "
                          f'measure it again on this model')

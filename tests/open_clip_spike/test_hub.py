@@ -262,6 +262,22 @@ def test_publishes_a_measured_energy_report(data, tmp_path):
         assert float(f.metadata()['energy_mj_per_image']) == snn
 
 
+def test_model_built_with_overrides_needs_its_config(data, tmp_path):
+    # same weights, another computation (a lower threshold): only comparing embeddings catches it
+    wrong = dict(open_clip.get_model_config(TINY), lif_cfg={'v_threshold': 0.5})
+    with pytest.raises(RuntimeError, match='open_clip image embeddings of the reloaded folder differ'):
+        hub.write_hub_folder(tmp_path / 'c', data['model'], TINY, model_cfg=wrong)
+    model = open_clip.create_model(TINY, T=2).eval()
+    with pytest.raises(ValueError, match="runs T=2 but its config 'SpikeCLIP-Tiny' says T=4"):
+        hub.write_hub_folder(tmp_path / 'a', model, TINY)
+    cfg = dict(open_clip.get_model_config(TINY), T=2)
+    folder = hub.write_hub_folder(tmp_path / 'b', model, TINY, model_cfg=cfg)  # verified: same embeddings
+    assert json.loads((folder / 'open_clip_config.json').read_text())['model_cfg']['T'] == 2
+    assert json.loads((folder / 'config.json').read_text())['model_args']['T'] == 2
+    assert open_clip.create_model(f'local-dir:{folder}').T == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['b']
+
+
 def test_write_is_atomic(data, tmp_path, monkeypatch):
     target = tmp_path / 'repo'
     target.mkdir()
