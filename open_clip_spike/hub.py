@@ -270,17 +270,35 @@ def _energy_section(report: Optional[Dict[str, Any]]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _zeroshot_section(results: Optional[Mapping[str, Any]]) -> str:
+# Columns of a `spikeclip zeroshot` result shown in the card (the rest, e.g. the model name, is context).
+_ZEROSHOT_COLUMNS = ('top1', 'top5', 'n', 'num_classes', 'num_templates')
+
+
+def _zeroshot_rows(results: Any) -> List[Tuple[str, Dict[str, Any]]]:
+    """``(dataset, {metric: value})`` rows from ``spikeclip zeroshot`` results (one dict or a list of them, each
+    with ``top1`` and ``dataset``) or from a ``{dataset: {metric: value} | top1}`` mapping."""
+    if isinstance(results, Mapping) and 'top1' in results:
+        results = [results]
+    if isinstance(results, (list, tuple)):
+        rows = []
+        for r in results:
+            if not isinstance(r, Mapping) or 'top1' not in r:
+                raise ValueError(f'A zero-shot result needs at least "top1" (and "dataset"), got {r!r}')
+            name = str(r.get('dataset', 'dataset')) + (f" ({r['split']})" if r.get('split') else '')
+            rows.append((name, {k: r[k] for k in _ZEROSHOT_COLUMNS if k in r}))
+        return rows
+    if isinstance(results, Mapping):
+        return [(str(k), dict(v) if isinstance(v, Mapping) else {'top1': v}) for k, v in results.items()]
+    raise ValueError(f'Zero-shot results must be a dict or a list of dicts, got {type(results).__name__}')
+
+
+def _zeroshot_section(results: Any) -> str:
     if not results:
         return ''
+    rows = _zeroshot_rows(results)
     metrics: List[str] = []
-    rows = []
-    for dataset, value in results.items():
-        value = value if isinstance(value, Mapping) else {'top1': value}
-        for m in value:
-            if m not in metrics:
-                metrics.append(m)
-        rows.append((dataset, value))
+    for _, value in rows:
+        metrics += [m for m in value if m not in metrics]
     lines = ['## Zero-shot results', '', '| dataset | ' + ' | '.join(metrics) + ' |',
              '|---|' + '---|' * len(metrics)]
     for dataset, value in rows:
@@ -318,7 +336,7 @@ def _model_card(repo_id: Optional[str], model_name: str, architecture: str, T: O
 SpikeCLIP ([Lv et al., 2023](https://arxiv.org/abs/2310.06488)): a CLIP whose image and text encoders are spiking
 neural networks (spikingjelly LIF neurons, T = {T} time steps). The image encoder is the timm model
 `{architecture}`; the text encoder is a spiking MLP. Images and prompts map into one embedding space for
-zero-shot classification. Published with [spikeclip](https://github.com/) (`timm_spike`, `open_clip_spike`).
+zero-shot classification. Published with spikeclip (`timm_spike` for timm, `open_clip_spike` for open_clip).
 
 ## How to load
 
@@ -435,7 +453,7 @@ def write_hub_folder(
         *,
         model_cfg: Optional[Dict[str, Any]] = None,
         energy_report: Union[None, Mapping[str, Any], str, Path] = None,
-        zeroshot_results: Optional[Mapping[str, Any]] = None,
+        zeroshot_results: Any = None,
         training: Optional[Mapping[str, Any]] = None,
         repo_id: Optional[str] = None,
         license: str = 'apache-2.0',
@@ -454,7 +472,8 @@ def write_hub_folder(
         model_cfg: The model config to publish (default: the registered config of ``model_name``).
         energy_report: ``timm_spike.energy`` report (dict or JSON path), written as ``energy.json``, put in
             the card and the safetensors metadata.
-        zeroshot_results: ``{dataset: {metric: value}}`` (or ``{dataset: top1}``) for the card.
+        zeroshot_results: ``spikeclip zeroshot`` results (a dict with ``top1``, ``top5``, ``dataset``... or a
+            list of them), or ``{dataset: {metric: value}}``, for the card.
         training: Training recipe (``{setting: value}``) for the card.
         repo_id: Repository id used in the card's loading instructions.
         license: License tag of the card.
@@ -468,6 +487,8 @@ def write_hub_folder(
     if save_directory.exists() and not overwrite:
         raise FileExistsError(f'{save_directory} exists; choose a new folder or pass overwrite=True (--overwrite)')
     energy = validate_energy_report(energy_report) if energy_report is not None else None
+    if zeroshot_results:
+        _zeroshot_rows(zeroshot_results)  # malformed results fail before any work
     model, model_name, model_cfg = _build_model(model, model_name, model_cfg)
     model_name = model_name or 'SpikeCLIP'
     tower = _image_tower(model)
@@ -532,7 +553,7 @@ def push_to_hub(
         model_cfg: Optional[Dict[str, Any]] = None,
         local_dir: Union[None, str, Path] = None,
         energy_report: Union[None, Mapping[str, Any], str, Path] = None,
-        zeroshot_results: Optional[Mapping[str, Any]] = None,
+        zeroshot_results: Any = None,
         training: Optional[Mapping[str, Any]] = None,
         private: bool = False,
         revision: Optional[str] = None,
@@ -554,7 +575,7 @@ def push_to_hub(
         model_cfg: The model config to publish (default: the registered config of ``model_name``).
         local_dir: Keep the uploaded folder here (default: a temporary folder, removed afterwards).
         energy_report: ``timm_spike.energy`` report (dict or JSON path).
-        zeroshot_results: ``{dataset: {metric: value}}`` for the card.
+        zeroshot_results: ``spikeclip zeroshot`` results (or ``{dataset: {metric: value}}``) for the card.
         training: Training recipe for the card.
         private: Create the repository private.
         revision: Branch to commit to (created from main if missing); default main.
@@ -805,6 +826,17 @@ def _read_json(path: Optional[str], what: str) -> Optional[Any]:
         raise ValueError(f'{what} file {p} is not valid JSON: {e}') from e
 
 
+def _read_zeroshot(paths: Optional[List[str]]) -> Any:
+    if not paths:
+        return None
+    results = [_read_json(path, 'Zero-shot results') for path in paths]
+    if len(results) == 1:
+        return results[0]
+    if not all(isinstance(r, Mapping) and 'top1' in r for r in results):
+        raise ValueError('Several --zeroshot-results files must each be one `spikeclip zeroshot` result (with top1)')
+    return results
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(
         prog='spikeclip push',
@@ -817,7 +849,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--local-dir', default=None,
                    help='write the repository folder here and do not upload (loadable with local-dir:)')
     p.add_argument('--energy-report', default=None, help='energy report JSON from timm_spike.energy')
-    p.add_argument('--zeroshot-results', default=None, help='JSON {dataset: {metric: value}} for the card')
+    p.add_argument('--zeroshot-results', nargs='+', default=None, metavar='FILE',
+                   help='`spikeclip zeroshot --output` JSON files (or one {dataset: {metric: value}} JSON) for the card')
     p.add_argument('--training-recipe', default=None, help='JSON {setting: value} for the card')
     p.add_argument('--private', action='store_true', help='create the repository private')
     p.add_argument('--revision', default=None, help='branch to commit to (created if missing; default main)')
@@ -835,7 +868,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         common = dict(
             energy_report=args.energy_report,
-            zeroshot_results=_read_json(args.zeroshot_results, 'Zero-shot results'),
+            zeroshot_results=_read_zeroshot(args.zeroshot_results),
             training=_read_json(args.training_recipe, 'Training recipe'),
             license=args.license, verify=not args.no_verify)
         if args.local_dir is not None:

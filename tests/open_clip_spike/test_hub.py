@@ -140,7 +140,10 @@ def data(tmp_path_factory):
     model = _tiny(0)
     image, text = _embed(model, inputs)
     (root / 'energy.json').write_text(json.dumps(_report()))
-    (root / 'zeroshot.json').write_text(json.dumps({'fashion-mnist': {'top1': 0.4125, 'top5': 0.8875}}))
+    # as `spikeclip zeroshot --output` writes it (figures chosen by the test)
+    (root / 'zeroshot.json').write_text(json.dumps(dict(
+        top1=0.4125, top5=0.8875, n=80, model=TINY, pretrained='tiny.safetensors', dataset='fashion-mnist',
+        split='test', num_classes=10, num_templates=1)))
     return dict(root=root, inputs=inputs, model=model, image=image, text=text,
                 ckpt=_checkpoint(model, root / 'tiny.safetensors'))
 
@@ -316,6 +319,15 @@ def test_energy_report_validation(change, message):
         hub.validate_energy_report(report)
 
 
+def test_zeroshot_results_formats(data, tmp_path):
+    rows = hub._zeroshot_rows([dict(top1=0.5, top5=0.9, dataset='cifar10', model=TINY), dict(top1=0.25)])
+    assert rows == [('cifar10', {'top1': 0.5, 'top5': 0.9}), ('dataset', {'top1': 0.25})]
+    assert hub._zeroshot_rows({'stl10': 0.7}) == [('stl10', {'top1': 0.7})]
+    with pytest.raises(ValueError, match='needs at least "top1"'):
+        hub.write_hub_folder(tmp_path / 'x', data['model'], TINY, zeroshot_results=[{'top5': 0.9}])
+    assert not list(tmp_path.iterdir())
+
+
 def test_energy_report_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='Energy report not found'):
         hub.validate_energy_report(tmp_path / 'none.json')
@@ -361,6 +373,7 @@ def test_push_cli_uploads_one_commit_and_never_shows_the_token(server, published
     writes = [r for r in server.requests if r['method'] == 'POST' and 'spikeclip-tiny' in str(r['path'])]
     assert writes and all(r['authorized'] for r in writes)
     assert not [p for p, b in commit.files.items() if TOKEN.encode() in b]
+    assert '| fashion-mnist (test) | 0.4125 | 0.8875 | 80 | 10 | 1 |' in commit.files['README.md'].decode()
     assert not _files_containing(published['home'], TOKEN.encode())
 
 
