@@ -12,7 +12,9 @@ COMMANDS = {
     'train': ('open_clip_spike.train', 'train SpikeCLIP with open_clip_train: stage 1 alignment or stage 2 dual loss'),
     'zeroshot': ('open_clip_spike.zeroshot', 'zero-shot top-1/top-5 of a model on a dataset from class-name prompts (JSON)'),
     'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
+    'demo': ('open_clip_spike.demo', 'SpikeCLIP end to end on Fashion-MNIST, offline: teacher, 2 stages, zero-shot, energy, Hub'),
     'push': ('open_clip_spike.hub', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),
+    'bench': ('open_clip_spike.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
 }
 
 

@@ -1,0 +1,478 @@
+"""``spikeclip demo``: the whole SpikeCLIP method, end to end, on Fashion-MNIST with no network.
+
+Stages (each skipped when its output exists, so an interrupted run picks up where it stopped; a training stage
+that was cut short resumes from its last finished epoch through open_clip_train's ``--resume latest``):
+
+0. data: Fashion-MNIST (IDX files: Debian's ``dataset-fashion-mnist``, ``--data DIR``, or torchvision's download)
+   written as PNGs + a tab-separated CSV whose captions are the class names in CLIP-style templates;
+1. teacher: a small ANN CLIP (``SpikeCLIP-DemoTeacher``) trained by the unmodified open_clip training loop
+   (with ``--teacher ViT-B-16 --teacher-pretrained openai`` the paper's teacher is loaded instead);
+2. align: stage 1 of the paper, ``SpikeCLIP-Tiny`` distilled to the teacher (`AlignmentLoss`);
+3. dual: stage 2, dual-loss fine-tuning with the text tower frozen (`DualLoss`);
+4. zero-shot top-1 / top-5 of teacher and student on the test images;
+5. energy of both (the student's firing rates measured on test images);
+6. the student published to a local Hub folder and loaded back through ``local-dir:`` (identical embeddings);
+7. ``OUT/summary.json`` + ``OUT/summary.png`` and a table.
+"""
+import argparse
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+__all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'main']
+
+_logger = logging.getLogger(__name__)
+
+DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
+CLASSNAMES = 'fashion_mnist'  # the built-in class-name and template sets of open_clip_spike.data
+# Targets of the demo (issue: student top-1 >= 95% of the teacher's, student energy <= 25% of the teacher's,
+# the default run within 20 minutes on 2 CPU cores).
+TARGETS = dict(top1_ratio_min=0.95, energy_ratio_max=0.25, seconds_max=20 * 60)
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo; ``quick()`` gives the one-minute smoke run."""
+    out: str = 'out/demo'
+    data: Optional[str] = None
+    teacher: str = 'SpikeCLIP-DemoTeacher'
+    teacher_pretrained: Optional[str] = None  # a tag or file: use this teacher instead of training one
+    student: str = 'SpikeCLIP-Tiny'
+    train_images: Optional[int] = None  # None: all 60,000
+    test_images: Optional[int] = None  # None: all 10,000
+    energy_images: int = 1000
+    teacher_epochs: int = 3
+    align_epochs: int = 3
+    dual_epochs: int = 2
+    batch_size: int = 128
+    teacher_lr: float = 2e-3
+    align_lr: float = 5e-3
+    dual_lr: float = 5e-4
+    kl_weight: float = 1.0
+    workers: int = 1
+    precision: str = 'fp32'
+    seed: int = 0
+    progress: bool = True
+    extra_train_args: List[str] = field(default_factory=list)
+
+    @classmethod
+    def quick(cls, **kw) -> 'DemoConfig':
+        base = dict(train_images=1000, test_images=300, energy_images=64, teacher_epochs=1, align_epochs=1,
+                    dual_epochs=1, batch_size=64)
+        base.update(kw)
+        return cls(**base)
+
+
+class DemoError(RuntimeError):
+    """A stage of the demo failed; the message names the stage and its log."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stage 0: data
+
+
+def find_fashion_mnist(data: Optional[str], download_root: Optional[str] = None) -> str:
+    """The folder holding Fashion-MNIST's IDX files: ``data``, Debian's package, or a torchvision download."""
+    from open_clip_spike.data.idx import is_idx_dir
+
+    if data is not None:
+        if not is_idx_dir(data):
+            raise FileNotFoundError(
+                f'{data} holds no Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], '
+                f't10k-...); pass the folder that holds them')
+        return data
+    if is_idx_dir(DEBIAN_FASHION_MNIST):
+        return DEBIAN_FASHION_MNIST
+    if download_root is not None:
+        try:  # needs a network; torchvision writes the same IDX files under FashionMNIST/raw
+            import torchvision
+            torchvision.datasets.FashionMNIST(download_root, train=True, download=True)
+            torchvision.datasets.FashionMNIST(download_root, train=False, download=True)
+            raw = os.path.join(download_root, 'FashionMNIST', 'raw')
+            if is_idx_dir(raw):
+                return raw
+        except Exception as e:  # no network: fall through to the explanation below
+            _logger.info('torchvision download of Fashion-MNIST failed: %s', e)
+    raise FileNotFoundError(
+        'Fashion-MNIST not found. Install it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; files in '
+        f'{DEBIAN_FASHION_MNIST}), or pass --data DIR with its IDX files, or run with a network so torchvision '
+        'can download it')
+
+
+def write_captioned_csv(idx_dir: str, split: str, out_dir: str, limit: Optional[int] = None, seed: int = 0) -> str:
+    """Write the images of an IDX split as PNGs and a tab-separated CSV (``filepath``, ``title``).
+
+    Each caption is the image's class name in one of the class set's prompt templates, drawn at random (seeded).
+    The CSV is written last and atomically, so its presence means the split is complete.
+    """
+    from PIL import Image
+
+    from open_clip_spike.data import get_classnames, get_templates
+    from open_clip_spike.data.idx import IDXDataset
+
+    classnames, templates = get_classnames(CLASSNAMES), get_templates(CLASSNAMES)
+    csv_path = os.path.join(out_dir, f'{split}.csv')
+    if os.path.exists(csv_path):
+        return csv_path
+    ds = IDXDataset(idx_dir, split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    rng = np.random.default_rng(seed)
+    if n < len(ds):  # a class-balanced random subset
+        order = rng.permutation(len(ds))[:n]
+    else:
+        order = np.arange(n)
+    img_dir = os.path.join(out_dir, split)
+    os.makedirs(img_dir, exist_ok=True)
+    rows = ['filepath\ttitle']
+    for i in tqdm(order, desc=f'data: {split} images -> PNG', unit='img', mininterval=1.0):
+        image, label = ds[int(i)]
+        path = os.path.join(img_dir, f'{int(i):05d}.png')
+        if not os.path.exists(path):
+            (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(path)
+        caption = templates[rng.integers(len(templates))].format(classnames[int(label)])
+        rows.append(f'{os.path.abspath(path)}\t{caption}')
+    tmp = csv_path + '.tmp'
+    with open(tmp, 'w') as f:
+        f.write('\n'.join(rows) + '\n')
+    os.replace(tmp, csv_path)
+    return csv_path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training stages (subprocesses, so each runs open_clip_train in a fresh interpreter)
+
+# open_clip_train's training loop, unmodified; the import only registers this project's model configs.
+_OPEN_CLIP_TRAIN = 'import sys, open_clip_spike; from open_clip_train.main import main; sys.exit(main(sys.argv[1:]))'
+_PROGRESS = re.compile(r'Train Epoch: (\d+) \[\s*(\d+)/(\d+)')
+_LOSS = re.compile(r'Loss: ([0-9.]+)')
+
+
+def _run_logged(cmd: List[str], log_path: str, desc: str, epochs: int, progress: bool) -> None:
+    """Run a training command, its output to ``log_path``, with a progress bar fed by open_clip_train's log."""
+    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    with open(log_path, 'a') as log, tqdm(total=epochs, desc=desc, unit='epoch', disable=not progress,
+                                          bar_format='{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}{postfix}]') as bar:
+        log.write('$ ' + ' '.join(cmd) + '\n')
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:
+            log.write(line)
+            m = _PROGRESS.search(line)
+            if m:
+                epoch, done, total = int(m[1]), int(m[2]), max(int(m[3]), 1)
+                bar.n = min(epochs, epoch + done / total)
+                loss = _LOSS.search(line)
+                if loss:
+                    bar.set_postfix_str(f'loss {float(loss[1]):.4f}', refresh=False)
+                bar.refresh()
+        rc = proc.wait()
+    if rc != 0:
+        raise DemoError(f'{desc} failed (exit code {rc}); see {log_path}')
+
+
+def _latest_epoch_checkpoint(run_dir: str) -> Optional[str]:
+    ckpts = sorted(Path(run_dir, 'checkpoints').glob('epoch_*.pt'), key=lambda p: int(p.stem.split('_')[1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def _train(cfg: DemoConfig, runs: str, name: str, module_args: List[str], model: str, csv: str, epochs: int,
+           lr: float, n_train: int, desc: str) -> str:
+    """Run one training stage; return its final weights as safetensors (exported from the last epoch)."""
+    from open_clip_spike.train import export_checkpoint
+
+    run_dir = os.path.join(runs, name)
+    final = os.path.join(cfg.out, f'{name}.safetensors')
+    args = [
+        '--model', model, '--train-data', csv, '--dataset-type', 'csv', '--csv-separator', '\t',
+        '--csv-img-key', 'filepath', '--csv-caption-key', 'title', '--train-num-samples', str(n_train),
+        '--batch-size', str(cfg.batch_size), '--epochs', str(epochs), '--lr', str(lr), '--wd', '0.0',
+        '--warmup', str(max(1, n_train // cfg.batch_size // 10)), '--workers', str(cfg.workers),
+        '--precision', cfg.precision, '--seed', str(cfg.seed), '--save-frequency', '1',
+        '--log-every-n-steps', '5', '--name', name, '--logs', runs, '--device', 'cpu',
+    ]
+    if _latest_epoch_checkpoint(run_dir):  # an interrupted run: continue after its last finished epoch
+        args += ['--resume', 'latest']
+    _run_logged(module_args + args + cfg.extra_train_args, os.path.join(cfg.out, f'{name}.log'), desc, epochs,
+                cfg.progress)
+    last = _latest_epoch_checkpoint(run_dir)
+    if last is None or int(Path(last).stem.split('_')[1]) < epochs:
+        raise DemoError(f'{desc}: no checkpoint of epoch {epochs} in {run_dir}/checkpoints; see {cfg.out}/{name}.log')
+    exported = export_checkpoint(last)  # weights only, no pickle, for every later stage
+    tmp = final + '.tmp'
+    shutil.copyfile(exported, tmp)
+    os.replace(tmp, final)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+
+class _Stages:
+    """Stage bookkeeping: skip finished stages, time the others, persist the times in OUT/stages.json."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, 'stages.json')
+        self.times: Dict[str, float] = json.loads(Path(self.path).read_text()) if os.path.exists(self.path) else {}
+
+    def run(self, name: str, output: str, fn, *args, **kwargs):
+        if os.path.exists(output) and name in self.times:
+            _logger.info('stage %s: done already (%s), skipped', name, output)
+            print(f'[{name}] done already ({output}, {self.times[name]:.0f} s), skipped')
+            return output
+        t0 = time.time()
+        print(f'[{name}] ...', flush=True)
+        result = fn(*args, **kwargs)
+        self.times[name] = time.time() - t0
+        _write_json(self.path, self.times)
+        print(f'[{name}] done in {self.times[name]:.1f} s', flush=True)
+        return result
+
+
+def _zeroshot(model: str, pretrained: Optional[str], idx_dir: str, limit: Optional[int], output: str,
+              progress: bool) -> str:
+    from open_clip_spike.zeroshot import zeroshot
+
+    zeroshot(model, pretrained, dataset=idx_dir, classnames=CLASSNAMES, templates=CLASSNAMES, split='test',
+             batch_size=256, limit=limit, output=output, progress=progress)
+    return output
+
+
+def _energy(cfg: DemoConfig, student_ckpt: str, idx_dir: str, output: str) -> str:
+    import open_clip
+
+    from open_clip_spike.data import get_classnames, get_templates
+    from open_clip_spike.data.idx import IDXDataset
+    from open_clip_spike.energy import class_prompts, clip_teacher_energy, spikeclip_energy_report
+    from timm_spike.energy.plot import plot_energy
+
+    model, _, preprocess = open_clip.create_model_and_transforms(cfg.student, pretrained=student_ckpt)
+    model.eval()
+    ds = IDXDataset(idx_dir, 'test', transform=preprocess)
+    ds = torch.utils.data.Subset(ds, range(min(cfg.energy_images, len(ds))))
+    loader = torch.utils.data.DataLoader(ds, batch_size=100)
+    prompts = class_prompts(get_classnames(CLASSNAMES), get_templates(CLASSNAMES))
+    tokens = open_clip.get_tokenizer(cfg.student)(prompts)
+    teacher = clip_teacher_energy(cfg.teacher, prompts)
+    report = spikeclip_energy_report(
+        model, loader, tokens, model_name=cfg.student, data_name=f'Fashion-MNIST test ({len(ds)} images)',
+        prompts_name=f'Fashion-MNIST class prompts ({len(prompts)})', teacher=teacher, progress=cfg.progress)
+    folder = os.path.dirname(output)
+    plot_energy(report.image, os.path.join(folder, 'energy.png'))
+    _write_json(output, report.to_dict())
+    print(report.table())
+    return output
+
+
+def _publish(cfg: DemoConfig, student_ckpt: str, energy_json: str, zs: Dict[str, Any], hub_dir: str,
+             output: str) -> str:
+    import open_clip
+
+    from open_clip_spike.hub import write_hub_folder
+
+    model, _, _ = open_clip.create_model_and_transforms(cfg.student, pretrained=student_ckpt)
+    write_hub_folder(
+        hub_dir, model.eval(), cfg.student, energy_report=json.loads(Path(energy_json).read_text()),
+        zeroshot_results={'Fashion-MNIST test': {'top1': zs['top1'], 'top5': zs['top5']}},
+        training=dict(teacher=cfg.teacher, stages='alignment pre-training -> dual-loss fine-tuning',
+                      align_epochs=cfg.align_epochs, dual_epochs=cfg.dual_epochs, data='Fashion-MNIST'),
+        overwrite=True, verify=True)
+    same = embeddings_identical(model, f'local-dir:{hub_dir}', cfg.student)
+    if not same:
+        raise DemoError(f'the model loaded back from {hub_dir} gives different embeddings')
+    _write_json(output, dict(hub_dir=hub_dir, loaded_as=f'local-dir:{hub_dir}', identical_embeddings=same))
+    return output
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + '.tmp'
+    Path(tmp).write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def embeddings_identical(model: torch.nn.Module, loaded_name: str, tokenizer_name: str) -> bool:
+    """True when ``loaded_name`` (e.g. ``local-dir:...``) gives exactly the embeddings of ``model``."""
+    import open_clip
+
+    loaded = open_clip.create_model(loaded_name).eval()
+    g = torch.Generator().manual_seed(0)
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    images = torch.randn(4, 3, *size, generator=g)
+    tokens = open_clip.get_tokenizer(tokenizer_name)(['a photo of a coat.', 'a photo of a bag.'])
+    return (torch.equal(model.encode_image(images), loaded.encode_image(images))
+            and torch.equal(model.encode_text(tokens), loaded.encode_text(tokens)))
+
+
+def _plot_summary(summary: Dict[str, Any], energy: Dict[str, Any], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw=dict(width_ratios=[1, 1, 2.4]))
+    names = ['teacher (ANN)', 'student (SNN)']
+    colors = ['#7f7f7f', '#1f77b4']
+    acc = [100 * summary['teacher_top1'], 100 * summary['student_top1']]
+    axes[0].bar(names, acc, color=colors)
+    axes[0].set_ylabel('zero-shot top-1 (%)')
+    axes[0].set_title('Fashion-MNIST test accuracy')
+    for i, v in enumerate(acc):
+        axes[0].text(i, v, f'{v:.1f}', ha='center', va='bottom')
+    en = [1e3 * summary['teacher_energy_mj'], 1e3 * summary['student_energy_mj']]
+    axes[1].bar(names, en, color=colors)
+    axes[1].set_ylabel('energy per image (uJ)')
+    axes[1].set_title(f"image encoder energy (student / teacher = {summary['energy_ratio']:.2f})")
+    for i, v in enumerate(en):
+        axes[1].text(i, v, f'{v:.1f}', ha='center', va='bottom')
+    rates = {n['name'].removeprefix('trunk.'): n['firing_rate'] for n in energy.get('neurons') or []}
+    axes[2].bar(range(len(rates)), list(rates.values()), color='#1f77b4')
+    axes[2].set_xticks(range(len(rates)))
+    axes[2].set_xticklabels(list(rates), rotation=60, ha='right', fontsize=7)
+    axes[2].set_ylabel('firing rate (spikes / neuron / step)')
+    axes[2].set_title('student image tower: firing rate per neuron layer')
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
+    """Run every stage (skipping finished ones) and return the summary (also written to OUT/summary.json)."""
+    out = cfg.out
+    os.makedirs(out, exist_ok=True)
+    stages = _Stages(out)
+    runs = os.path.join(out, 'runs')
+    idx_dir = find_fashion_mnist(cfg.data, download_root=os.path.join(out, 'torchvision'))
+    data_dir = os.path.join(out, 'data')
+    csv = stages.run('data', os.path.join(data_dir, 'train.csv'), write_captioned_csv,
+                     idx_dir, 'train', data_dir, cfg.train_images, cfg.seed)
+    n_train = sum(1 for _ in open(csv)) - 1
+
+    py = sys.executable
+    if cfg.teacher_pretrained:
+        teacher_ckpt = cfg.teacher_pretrained
+    else:
+        teacher_ckpt = stages.run(
+            'teacher', os.path.join(out, 'teacher.safetensors'), _train, cfg, runs, 'teacher',
+            [py, '-c', _OPEN_CLIP_TRAIN], cfg.teacher, csv, cfg.teacher_epochs, cfg.teacher_lr, n_train,
+            'stage 0: teacher (open_clip loop)')
+    distill = ['--distill-model', cfg.teacher, '--distill-pretrained', teacher_ckpt]
+    align = stages.run(
+        'align', os.path.join(out, 'align.safetensors'), _train, cfg, runs, 'align',
+        [py, '-m', 'open_clip_spike.train', '--spike-loss', 'align'] + distill,
+        cfg.student, csv, cfg.align_epochs, cfg.align_lr, n_train, 'stage 1: alignment pre-training')
+    student = stages.run(
+        'dual', os.path.join(out, 'dual.safetensors'), _train, cfg, runs, 'dual',
+        [py, '-m', 'open_clip_spike.train', '--spike-loss', 'dual', '--spike-classnames', CLASSNAMES,
+         '--spike-templates', CLASSNAMES, '--kl-weight', str(cfg.kl_weight), '--pretrained', align] + distill,
+        cfg.student, csv, cfg.dual_epochs, cfg.dual_lr, n_train, 'stage 2: dual-loss fine-tuning')
+
+    zs_t = stages.run('zeroshot_teacher', os.path.join(out, 'zeroshot_teacher.json'), _zeroshot, cfg.teacher,
+                      teacher_ckpt, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_teacher.json'), cfg.progress)
+    zs_s = stages.run('zeroshot_student', os.path.join(out, 'zeroshot_student.json'), _zeroshot, cfg.student,
+                      student, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_student.json'), cfg.progress)
+    energy_json = os.path.join(out, 'energy', 'energy.json')
+    os.makedirs(os.path.dirname(energy_json), exist_ok=True)
+    stages.run('energy', energy_json, _energy, cfg, student, idx_dir, energy_json)
+    zs_teacher, zs_student = (json.loads(Path(p).read_text()) for p in (zs_t, zs_s))
+    hub_dir = os.path.join(out, 'hub')
+    publish_json = os.path.join(out, 'publish.json')
+    stages.run('publish', publish_json, _publish, cfg, student, energy_json, zs_student, hub_dir, publish_json)
+    published = json.loads(Path(publish_json).read_text())
+
+    energy = json.loads(Path(energy_json).read_text())
+    teacher_energy = (energy.get('teacher') or {}).get('energy_mj')
+    summary = dict(
+        teacher=cfg.teacher, student=cfg.student, T=energy.get('T'),
+        test_images=zs_student['n'],
+        teacher_top1=zs_teacher['top1'], teacher_top5=zs_teacher['top5'],
+        student_top1=zs_student['top1'], student_top5=zs_student['top5'],
+        top1_ratio=zs_student['top1'] / max(zs_teacher['top1'], 1e-12),
+        teacher_energy_mj=teacher_energy, student_energy_mj=energy['energy_mj_per_image'],
+        student_ann_energy_mj=energy['ann_energy_mj_per_image'],
+        energy_ratio=energy['energy_mj_per_image'] / teacher_energy if teacher_energy else None,
+        student_mean_firing_rate=energy.get('mean_firing_rate'),
+        hub_roundtrip_identical=published['identical_embeddings'], hub_dir=hub_dir,
+        seconds=sum(stages.times.values()), stage_seconds=dict(stages.times),
+        config=asdict(cfg), targets=TARGETS,
+    )
+    summary['targets_met'] = dict(
+        top1=summary['top1_ratio'] >= TARGETS['top1_ratio_min'],
+        energy=summary['energy_ratio'] is not None and summary['energy_ratio'] <= TARGETS['energy_ratio_max'],
+        time=summary['seconds'] <= TARGETS['seconds_max'],
+    )
+    _write_json(os.path.join(out, 'summary.json'), summary)
+    _plot_summary(summary, energy, os.path.join(out, 'summary.png'))
+    print(format_summary(summary))
+    return summary
+
+
+def format_summary(s: Dict[str, Any]) -> str:
+    ok = lambda b: 'met' if b else 'NOT met'  # noqa: E731
+    tm = s['targets_met']
+    lines = [
+        '',
+        f"SpikeCLIP demo on Fashion-MNIST ({s['test_images']} test images), T={s['T']}",
+        f"{'':24}{'teacher (ANN)':>16}{'student (SNN)':>16}{'ratio':>10}",
+        f"{'zero-shot top-1':24}{100 * s['teacher_top1']:>15.2f}%{100 * s['student_top1']:>15.2f}%"
+        f"{s['top1_ratio']:>10.3f}   target >= {TARGETS['top1_ratio_min']}: {ok(tm['top1'])}",
+        f"{'zero-shot top-5':24}{100 * s['teacher_top5']:>15.2f}%{100 * s['student_top5']:>15.2f}%",
+        f"{'energy / image (uJ)':24}{1e3 * (s['teacher_energy_mj'] or float('nan')):>16.2f}"
+        f"{1e3 * s['student_energy_mj']:>16.2f}{(s['energy_ratio'] or float('nan')):>10.3f}"
+        f"   target <= {TARGETS['energy_ratio_max']}: {ok(tm['energy'])}",
+        f"{'student as ANN (uJ)':24}{'':>16}{1e3 * s['student_ann_energy_mj']:>16.2f}",
+        f"{'time (s)':24}{s['seconds']:>16.0f}   target <= {TARGETS['seconds_max']}: {ok(tm['time'])}   "
+        + ', '.join(f'{k} {v:.0f}' for k, v in s['stage_seconds'].items()),
+        f"hub round trip: identical embeddings = {s['hub_roundtrip_identical']}",
+    ]
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='spikeclip demo', description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default='out/demo', help='output folder (default out/demo); rerun to resume')
+    p.add_argument('--data', default=None, help=f'folder with the Fashion-MNIST IDX files (default {DEBIAN_FASHION_MNIST})')
+    p.add_argument('--quick', action='store_true', help='a one-minute smoke run on a small subset')
+    p.add_argument('--teacher', default=None, help='teacher open_clip model (default SpikeCLIP-DemoTeacher, trained here)')
+    p.add_argument('--teacher-pretrained', default=None,
+                   help='use this teacher (a tag, e.g. openai, or a checkpoint file) instead of training one')
+    p.add_argument('--student', default=None, help='student model config (default SpikeCLIP-Tiny)')
+    for name, typ in (('train-images', int), ('test-images', int), ('energy-images', int), ('teacher-epochs', int),
+                      ('align-epochs', int), ('dual-epochs', int), ('batch-size', int), ('workers', int),
+                      ('kl-weight', float), ('seed', int)):
+        p.add_argument(f'--{name}', type=typ, default=None)
+    p.add_argument('--precision', default=None, choices=('fp32', 'amp', 'amp_bf16', 'bf16'))
+    p.add_argument('--no-progress', action='store_true')
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    kw = {k: v for k, v in vars(args).items() if v is not None and k not in ('quick', 'no_progress')}
+    kw['progress'] = not args.no_progress
+    cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
+    if cfg.teacher_pretrained is None and cfg.teacher != DemoConfig.teacher:
+        p.error('--teacher other than the demo teacher needs --teacher-pretrained (e.g. --teacher ViT-B-16 '
+                '--teacher-pretrained openai)')
+    try:
+        summary = run_demo(cfg)
+    except (FileNotFoundError, DemoError, ValueError) as e:
+        print(f'spikeclip demo: error: {e}', file=sys.stderr)
+        return 2
+    print(f"\nwrote {os.path.join(cfg.out, 'summary.json')} and {os.path.join(cfg.out, 'summary.png')}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
