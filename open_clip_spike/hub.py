@@ -558,7 +558,7 @@ def push_to_hub(
         private: bool = False,
         revision: Optional[str] = None,
         commit_message: Optional[str] = None,
-        token: Optional[str] = None,
+        token: Union[None, str, bool] = None,
         license: str = 'apache-2.0',
         overwrite: bool = False,
         verify: bool = True,
@@ -661,7 +661,7 @@ def download_from_hub(
         timm_files: bool = True,
         allow_pickle: bool = False,
         cache_dir: Union[None, str, Path] = None,
-        token: Optional[str] = None,
+        token: Union[None, str, bool] = None,
         force_download: bool = False,
 ) -> Path:
     """Download a published SpikeCLIP into the Hugging Face cache and return its snapshot folder.
@@ -678,7 +678,7 @@ def download_from_hub(
         timm_files: Fetch timm's ``config.json`` and the image encoder's weights.
         allow_pickle: Accept pickled weights when no safetensors file is offered.
         cache_dir: Hugging Face cache folder (default ``HF_HUB_CACHE``).
-        token: Hub token for private repos (default ``HF_TOKEN`` or the saved login).
+        token: Hub token for private repos (default ``HF_TOKEN`` or the saved login; False sends none).
         force_download: Download again even if cached.
 
     Returns:
@@ -755,7 +755,7 @@ def load_spikeclip(
         allow_pickle: bool = False,
         device: Union[str, torch.device] = 'cpu',
         cache_dir: Union[None, str, Path] = None,
-        token: Optional[str] = None,
+        token: Union[None, str, bool] = None,
         **model_kwargs: Any,
 ):
     """Download (or read from the cache) a published SpikeCLIP and build it with open_clip.
@@ -787,7 +787,7 @@ def load_image_encoder(
         *,
         allow_pickle: bool = False,
         cache_dir: Union[None, str, Path] = None,
-        token: Optional[str] = None,
+        token: Union[None, str, bool] = None,
         **model_kwargs: Any,
 ) -> nn.Module:
     """Download (or read from the cache) a published SpikeCLIP image encoder and build it with timm.
@@ -850,7 +850,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help='write the repository folder here and do not upload (loadable with local-dir:)')
     p.add_argument('--energy-report', default=None, help='energy report JSON from timm_spike.energy')
     p.add_argument('--zeroshot-results', nargs='+', default=None, metavar='FILE',
-                   help='`spikeclip zeroshot --output` JSON files (or one {dataset: {metric: value}} JSON) for the card')
+                   help='`spikeclip zeroshot --output` JSON files (or one {dataset: {metric: value}} JSON) '
+                        'for the card')
     p.add_argument('--training-recipe', default=None, help='JSON {setting: value} for the card')
     p.add_argument('--private', action='store_true', help='create the repository private')
     p.add_argument('--revision', default=None, help='branch to commit to (created if missing; default main)')

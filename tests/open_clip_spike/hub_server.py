@@ -33,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 
-_INITIAL_GITATTRIBUTES = b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n'
+_INITIAL_GITATTRIBUTES = (b'*.safetensors filter=lfs diff=lfs merge=lfs -text\n'
+                          b'*.bin filter=lfs diff=lfs merge=lfs -text\n')
 _COMMIT_RE = re.compile(r'^[0-9a-f]{40}$')
 
 
@@ -279,7 +280,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(400, None, 'Repo id must be "namespace/name"')
         repo_id = f'{org}/{name}'
         try:
-            self.hub.create_repo(repo_id, private=payload.get('visibility') == 'private' or bool(payload.get('private')))
+            private = payload.get('visibility') == 'private' or bool(payload.get('private'))
+            self.hub.create_repo(repo_id, private=private)
         except HubError as e:
             return self._json(409, {'error': e.message, 'url': f'{self.hub.endpoint}/{repo_id}'})
         self._json(200, {'url': f'{self.hub.endpoint}/{repo_id}', 'name': repo_id})

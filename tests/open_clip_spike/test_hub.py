@@ -431,6 +431,10 @@ def test_revisions_push_twice_and_load_each(server, data, tmp_path):
     assert 'energy.json' in files[v1] and 'energy.json' not in files[v2]  # v2 was pushed without a report
     assert all('notes.txt' in f and 'open_clip_pytorch_model.bin' not in f for f in files.values())
     assert result['wrong_token'].startswith('HfHubHTTPError') and 'hf_wrongToken' not in result['wrong_token']
+    assert server.repos['org/private'].private
+    assert result['private'] == {'anonymous': {'error': 'RepositoryNotFoundError',
+                                               'message': result['private']['anonymous']['message']},
+                                 'with_token': {'error': None}}
     out = load_file(spec['out'])
     expected = {name: _embed(m, data['inputs']) for name, m in models.items()}
     assert torch.equal(out['first_commit.image'], expected['v1'][0])
@@ -545,13 +549,18 @@ def _client_push_and_load(spec):
         wrong = 'no error'
     except Exception as e:
         wrong = f'{type(e).__name__}: {e}'
+    # a private repo: readable with the token (HF_TOKEN), like a missing repo without it
+    hub_.push_to_hub(spec['pushes'][0]['ckpt'], 'org/private', TINY, private=True, verify=False)
+    private = _client_errors(dict(cases=[
+        dict(key='anonymous', call='download', repo_id='org/private', token=False),
+        dict(key='with_token', call='download', repo_id='org/private')]))
     spec = dict(spec, loads=[
         dict(key='first_commit', how='helper', revision=commits[0]), dict(key='main', how='helper'),
         dict(key='branch', how='helper', revision='exp'),
         dict(key='timm_first_commit', how='timm_hf', revision=commits[0]),
         dict(key='timm_branch', how='timm_hf', revision='exp')])
     _client_load(spec)
-    return dict(commits=commits, wrong_token=wrong)
+    return dict(commits=commits, wrong_token=wrong, private=private)
 
 
 def _client_errors(spec):
@@ -559,7 +568,7 @@ def _client_errors(spec):
     result, out = {}, {}
     inputs = load_file(spec['inputs']) if 'inputs' in spec else None
     for case in spec['cases']:
-        kwargs = {k: case[k] for k in ('revision', 'allow_pickle', 'cache_dir') if k in case}
+        kwargs = {k: case[k] for k in ('revision', 'allow_pickle', 'cache_dir', 'token') if k in case}
         try:
             if case['call'] == 'download':
                 hub_.download_from_hub(case['repo_id'], **kwargs)
