@@ -102,7 +102,11 @@ def _json_safe(obj: Any) -> Any:
 
 def _tower_model_args(tower: nn.Module) -> Dict[str, Any]:
     """Reconstruction arguments the timm entry point needs, made JSON-serialisable (lif_cfg is a dataclass)."""
-    from timm.models import get_model_args  # timm records the create_model kwargs on the model
+    try:
+        from timm.models import get_model_args  # timm records the create_model kwargs on the model
+    except ImportError as e:  # older timm releases record nothing, so config.json could not rebuild the tower
+        raise RuntimeError('Writing the timm layout needs a timm release with timm.models.get_model_args '
+                           '(timm 1.0.31 has it); upgrade timm') from e
 
     args = dict(get_model_args(tower))
     for name in ('T', 'lif_cfg'):
