@@ -385,14 +385,8 @@ encoder = load_image_encoder('{rid}')
 
 ## Citation
 
-```bibtex
-@article{{lv2023spikeclip,
-  title={{SpikeCLIP: A Contrastive Language-Image Pretrained Spiking Neural Network}},
-  author={{Lv, Tianlong and Liu, Wenhan and Wang, Zhuo and Pan, Yuying and others}},
-  journal={{arXiv preprint arXiv:2310.06488}},
-  year={{2023}}
-}}
-```
+SpikeCLIP: A Contrastive Language-Image Pretrained Spiking Neural Network.
+[arXiv:2310.06488](https://arxiv.org/abs/2310.06488); Neural Networks 188 (2025).
 """
     return f'---\n{card_data.to_yaml()}\n---\n{body}'
 
