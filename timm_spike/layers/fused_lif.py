@@ -152,11 +152,20 @@ def _get(name: str, fn: Callable) -> Callable:
         return _compiled[name]
 
 
+# Variants compiled per kernel: T x neuron constants x (train, eval) x input layouts. dynamo's default limit
+# (8 per function) would be reached by one model at four values of T; past the limit it would run eagerly.
+_RECOMPILE_LIMIT = 64
+
+
 def _run(name: str, fn: Callable, *args):
     global _compile_failed
     if fused_compile_enabled() and not torch.compiler.is_compiling():
+        # detach(): the kernels need no autograd tracking, and a detached tensor is not a view, so dynamo
+        # guards on the tensor's own layout rather than on its base's (which would recompile per caller).
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
         try:
-            return _get(name, fn)(*args)
+            with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                return _get(name, fn)(*args)
         except Exception as e:  # no C++ compiler, unsupported platform, ...: keep working, eagerly
             _compile_failed = True
             _logger.warning(

@@ -1,0 +1,46 @@
+"""`spikeclip bench --quick` runs end to end and its numbers are consistent with each other."""
+import json
+
+import pytest
+import timm
+import torch
+
+from open_clip_spike import bench
+from timm_spike.layers import is_spiking_neuron
+
+
+def test_quick_bench_writes_consistent_report(tmp_path):
+    out = tmp_path / 'bench'
+    rc = bench.main(['--quick', '--models', 'spikingformer_clip', '--T', '1', '2', '--impls', 'fused',
+                     '--repeats', '1', '--out', str(out)])
+    assert rc == 0
+    result = json.loads((out / 'bench.json').read_text())
+    md = (out / 'bench.md').read_text()
+    rows = result['rows']
+    assert [(r['T'], r['impl']) for r in rows] == [(1, 'ann'), (1, 'fused'), (2, 'fused')]
+    ann = rows[0]
+    assert ann['train_overhead'] == pytest.approx(1.0) and ann['infer_overhead'] == pytest.approx(1.0)
+    for r in rows:
+        assert r['train_img_s'] == pytest.approx(r['batch_size'] / r['train_s'])
+        assert r['train_overhead'] == pytest.approx(r['train_s'] / (r['T'] * ann['train_s']))
+        assert r['latency_b1_ms'] > 0 and r['peak_train_mb'] > 0
+    ck = [r for r in rows if 'ckpt_memory_cut' in r]
+    assert [(r['T'], r['impl']) for r in ck] == [(2, 'fused')]
+    assert ck[0]['peak_train_ckpt_mb'] == pytest.approx((1 - ck[0]['ckpt_memory_cut']) * ck[0]['peak_train_mb'])
+    m = result['machine']
+    assert m['torch'] == torch.__version__ and m['torch_threads'] == 2 and m['cpu_count'] >= 1
+    assert isinstance(result['load']['under_load'], bool) and len(result['load']['loadavg_before']) == 3
+    assert '### spikingformer_clip' in md and 'ANN (identity neurons)' in md and 'SNN, fused LIF' in md
+    assert ('WARNING: measured under load' in md) == result['load']['under_load']
+
+
+def test_identity_neurons_and_errors():
+    m = timm.create_model('spikingformer_clip', embed_dim=32, depth=1, num_heads=4)
+    n = sum(is_spiking_neuron(x) for x in m.modules())
+    assert bench.replace_neurons_with_identity(m) == n == 4 + 7
+    assert not any(is_spiking_neuron(x) for x in m.modules())
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    with pytest.raises(ValueError, match='Unknown benchmark model'):
+        bench.build_bench_model('resnet50', 1, 'fused', 2)
+    with pytest.raises(SystemExit):
+        bench.main(['--models', 'nope'])
