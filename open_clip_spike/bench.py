@@ -326,6 +326,37 @@ def bench_model(name: str, cfg: BenchConfig) -> List[Dict[str, Any]]:
     return rows
 
 
+def bench_neuron(cfg: BenchConfig, T: int = 4, numel: Optional[int] = None) -> List[Dict[str, Any]]:
+    """ns per element of one LIF layer alone, forward+backward and forward only, per implementation.
+
+    The default size is one SpikeCLIP MLP hidden layer at batch 32: 32 x 1536 x 64 neurons (quick: 1/64 of it).
+    """
+    from timm_spike.layers import create_lif
+    numel = numel or (32 * 1536 * 64 // (64 if cfg.quick else 1))
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(T, numel, generator=g) * 1.5 + 0.5).to(cfg.device).requires_grad_()
+    grad = torch.ones_like(x)
+    lifs = {impl: create_lif(impl=impl) for impl in cfg.impls}
+
+    def fwd_bwd(lif):
+        def call():
+            x.grad = None
+            lif(x).backward(grad)
+        return call
+
+    def fwd(lif):
+        def call():
+            with torch.no_grad():
+                lif(x)
+        return call
+
+    train = _timed_rounds({k: fwd_bwd(v) for k, v in lifs.items()}, cfg.repeats, cfg.warmup, cfg.device)
+    infer = _timed_rounds({k: fwd(v) for k, v in lifs.items()}, cfg.repeats, cfg.warmup, cfg.device)
+    n = T * numel
+    return [dict(impl=k, T=T, numel=numel, fwd_bwd_ns_per_elem=train[k]['median_s'] / n * 1e9,
+                 fwd_ns_per_elem=infer[k]['median_s'] / n * 1e9) for k in lifs]
+
+
 # --------------------------------------------------------------------------------------------- memory
 
 
@@ -470,6 +501,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     load_before = os.getloadavg() if hasattr(os, 'getloadavg') else None
     busy0, own0, wall0 = _cpu_busy_jiffies(), _own_cpu_seconds(), time.time()
     rows, skipped = [], {}
+    neuron_rows = bench_neuron(cfg)
     for name in cfg.models:
         try:
             timing = bench_model(name, cfg)
@@ -500,7 +532,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     machine['flush_denormal'] = cfg.flush_denormal and flush_before
     if cfg.flush_denormal:
         torch.set_flush_denormal(False)
-    return dict(config=_jsonable(asdict(cfg)), machine=machine, load=load, wall_s=wall, rows=rows, skipped=skipped)
+    return dict(config=_jsonable(asdict(cfg)), machine=machine, load=load, wall_s=wall, rows=rows,
+                neuron=neuron_rows, skipped=skipped)
 
 
 def _jsonable(d):
@@ -529,6 +562,12 @@ def to_markdown(result: Dict[str, Any]) -> str:
     if cfg.get('quick'):
         lines.append('')
         lines.append('(--quick smoke run: tiny models, not representative figures.)')
+    if result.get('neuron'):
+        n0 = result['neuron'][0]
+        lines += ['', f"### one LIF layer ({n0['numel']:,} neurons, T={n0['T']})", '',
+                  '| LIF | forward+backward ns/element | forward ns/element |', '|---|---|---|']
+        lines += [f"| {r['impl']} | {r['fwd_bwd_ns_per_elem']:.2f} | {r['fwd_ns_per_elem']:.2f} |"
+                  for r in result['neuron']]
     for name in dict.fromkeys(r['model'] for r in result['rows']):
         rows = [r for r in result['rows'] if r['model'] == name]
         lines += ['', f'### {name}', '',

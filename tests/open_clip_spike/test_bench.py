@@ -30,6 +30,8 @@ def test_quick_bench_writes_consistent_report(tmp_path):
     m = result['machine']
     assert m['torch'] == torch.__version__ and m['torch_threads'] == 2 and m['cpu_count'] >= 1
     assert isinstance(result['load']['under_load'], bool) and len(result['load']['loadavg_before']) == 3
+    neuron = result['neuron']
+    assert [r['impl'] for r in neuron] == ['fused'] and neuron[0]['fwd_bwd_ns_per_elem'] > neuron[0]['fwd_ns_per_elem'] > 0
     assert '### spikingformer_clip' in md and 'ANN (identity neurons)' in md and 'SNN, fused LIF' in md
     assert ('WARNING: measured under load' in md) == result['load']['under_load']
 
