@@ -14,6 +14,8 @@ COMMANDS = {
     'energy': ('open_clip_spike.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
     'demo': ('open_clip_spike.demo', 'SpikeCLIP end to end on Fashion-MNIST, offline: teacher, 2 stages, zero-shot, energy, Hub'),
     'push': ('open_clip_spike.hub', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),
+    'sweep-t': ('open_clip_spike.sweep', 'zero-shot accuracy and energy per image at several T of one checkpoint: table, JSON, Pareto plot'),
+    'paper': ('open_clip_spike.paper', 'steps of the paper recipes (recipes/paper/): data preparation, teacher, model selection, label evaluations'),
     'bench': ('open_clip_spike.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
 }
 

@@ -3,7 +3,8 @@
 For a SpikeCLIP model the image tower is measured on real images and the text tower on class prompts, each
 with its own report (same schema, ``timm_spike.energy.EnergyReport``); DIR/energy.json holds the image
 report with the text report under ``"text"``, DIR/energy.png and DIR/energy_text.png the charts. Any other
-name is taken as a timm model (``python -m timm_spike.energy``).
+name is taken as a timm model (``python -m timm_spike.energy``). ``--T N`` measures at N time steps instead
+of the T the model was trained with (SpikeCLIP with readout 'mean'; 'weighted' is refused).
 """
 import argparse
 import logging
@@ -179,7 +180,8 @@ def _templates(args) -> Sequence[str]:
 
 
 def _run_spikeclip(args) -> SpikeCLIPEnergy:
-    kwargs = {} if args.T is None else {'T': args.T}
+    from open_clip_spike.zeroshot import check_inference_T
+    kwargs = check_inference_T(args.model, args.T)  # another T than trained: readout 'mean' only
     if args.checkpoint:
         check_checkpoint(args.checkpoint)
     model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)

@@ -10,9 +10,12 @@ Command line (also ``python -m open_clip_spike.zeroshot``)::
 
     spikeclip zeroshot --model SpikeCLIP-Tiny --pretrained spikeclip_tiny.safetensors \\
         --dataset /path/to/fashion-mnist --classnames fashion_mnist --output zeroshot.json
+
+``--T N`` (``T=N``) evaluates at N time steps instead of the T the model was trained with (readout 'mean').
 """
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -31,8 +34,9 @@ from open_clip import build_zero_shot_classifier
 
 from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 from .factory import register_model_configs
+from .model import SpikeCLIP
 
-__all__ = ['build_classifier', 'evaluate', 'zeroshot', 'main']
+__all__ = ['build_classifier', 'evaluate', 'zeroshot', 'check_inference_T', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +51,45 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+def check_inference_T(model_name: str, T: Optional[int]) -> Dict[str, Any]:
+    """Check that a SpikeCLIP model can run at ``T`` time steps; return the model kwargs for open_clip.
+
+    A checkpoint trained at one T loads at any other when the readout over time is 'mean' (no weight
+    depends on T). A 'weighted' readout has one learned weight per trained time step, so it is refused.
+
+    Args:
+        model_name: open_clip model name, ``hf-hub:org/repo`` or ``local-dir:path``.
+        T: Time steps to run at; None keeps the model's own.
+
+    Returns:
+        ``{'T': T}`` for ``open_clip.create_model(..., **kwargs)``, or ``{}`` when T is None.
+
+    Raises:
+        ValueError: T is not a positive integer, the model is not a SpikeCLIP, or its readout is 'weighted'
+            and T differs from the T it was built with.
+    """
+    if T is None:
+        return {}
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
+        raise ValueError(f'T (number of time steps) must be an integer >= 1, got {T!r}')
+    register_model_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f'Unknown model {model_name!r}: not a registered open_clip config, hf-hub: or local-dir: name')
+    if cfg.get('model_class') != 'SpikeCLIP':
+        raise ValueError(f'{model_name!r} is not a SpikeCLIP model: only spiking models have time steps (drop --T)')
+    # the config's defaults are SpikeCLIP's own: read them from its signature, not a second copy here
+    defaults = {k: v.default for k, v in inspect.signature(SpikeCLIP.__init__).parameters.items()}
+    trained_T = cfg.get('T', defaults['T'])
+    readout = cfg.get('readout', defaults['readout'])
+    if readout != 'mean' and T != trained_T:
+        raise ValueError(
+            f"{model_name!r} has readout={readout!r}, with one learned weight per time step for T={trained_T}: "
+            f"it cannot run at T={T}. Evaluate it at T={trained_T}, or train a model with readout='mean' "
+            f"to change T after training")
+    return {'T': T}
 
 
 def _as_list(value: Union[str, Sequence[str]], getter) -> List[str]:
@@ -164,6 +207,7 @@ def zeroshot(
         limit: Optional[int] = None,
         output: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
+        T: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Build a model, its classifier from prompts, and evaluate it on a dataset.
 
@@ -182,12 +226,16 @@ def zeroshot(
         limit: Evaluate only the first ``limit`` images.
         output: Write the result as JSON here.
         progress: Show progress bars.
+        T: Time steps of both towers at evaluation (a SpikeCLIP with readout 'mean'); None: the model's own.
 
     Returns:
-        dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates).
+        dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates, T); T is None
+        for a model without time steps.
     """
     register_model_configs()
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained, device=device)
+    kwargs = check_inference_T(model_name, T)
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name, pretrained=pretrained, device=device, **kwargs)
     tokenizer = open_clip.get_tokenizer(model_name)
 
     if isinstance(dataset, Dataset):
@@ -212,7 +260,7 @@ def zeroshot(
     classifier = build_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
     result = evaluate(model, loader, classifier, device=device, progress=progress)
     result.update(model=model_name, pretrained=pretrained, dataset=dataset_name, split=split,
-                  num_classes=len(classnames), num_templates=len(templates))
+                  num_classes=len(classnames), num_templates=len(templates), T=getattr(model, 'T', None))
     _logger.info('Zero-shot %s on %s: top-1 %.4f, top-5 %.4f (%d images)',
                  model_name, dataset_name, result['top1'], result['top5'], result['n'])
     if output is not None:
@@ -243,6 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--download', action='store_true', help='let torchvision download a named dataset')
     p.add_argument('--limit', type=int, default=None, help='evaluate only the first N images')
     p.add_argument('--output', default=None, help='write the result as JSON to this file')
+    p.add_argument('--T', type=int, default=None,
+                   help="time steps at evaluation (SpikeCLIP with readout 'mean'); default: the model's own")
     p.add_argument('--no-progress', action='store_true', help='hide progress bars')
     return p
 
@@ -255,7 +305,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.model, args.pretrained, args.dataset, classnames=args.classnames, templates=args.templates,
             split=args.split, batch_size=args.batch_size, workers=args.workers, device=args.device,
             data_root=args.data_root, download=args.download, limit=args.limit, output=args.output,
-            progress=not args.no_progress)
+            progress=not args.no_progress, T=args.T)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f'spikeclip zeroshot: error: {e}', file=sys.stderr)
         return 2

@@ -1,0 +1,305 @@
+"""Accuracy against energy over the number of time steps T: one trained SpikeCLIP, evaluated at several T.
+
+A SpikeCLIP with readout 'mean' runs at any T after training. Fewer steps mean fewer synaptic operations
+(less energy per image) and usually lower accuracy; the sweep measures both on the same images and marks the
+Pareto-optimal T (no other T is at least as accurate for at most the same energy).
+
+Python::
+
+    from open_clip_spike.sweep import sweep_t, write_sweep
+    points = sweep_t('SpikeCLIP-Tiny', 'spikeclip_tiny.safetensors', '/path/to/fashion-mnist',
+                     Ts=[1, 2, 4, 8], classnames='fashion_mnist')
+    write_sweep(points, 'sweep/')
+
+Command line::
+
+    spikeclip sweep-t --model SpikeCLIP-Tiny --pretrained spikeclip_tiny.safetensors \\
+        --dataset /path/to/fashion-mnist --classnames fashion_mnist --T 1 2 4 8 --out sweep/
+
+writes sweep/sweep_t.md, sweep_t.csv, sweep_t.json and sweep_t.png (top-1 against energy per image, points
+labelled by T). Energy is the image tower's (``timm_spike.energy``): the class embeddings are computed once
+per classifier, not per image.
+"""
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import open_clip
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from timm_spike.energy import EnergyConstants, energy_report
+from timm_spike.energy.report import atomic_write
+
+from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
+from .factory import register_model_configs
+from .zeroshot import build_classifier, check_inference_T, evaluate
+
+__all__ = ['SweepPoint', 'sweep_t', 'pareto_front', 'write_sweep', 'plot_sweep', 'main']
+
+_logger = logging.getLogger(__name__)
+
+FILE_STEM = 'sweep_t'
+
+
+@dataclass
+class SweepPoint:
+    """Zero-shot accuracy and image-tower energy of one model at one T."""
+    T: int
+    top1: float
+    top5: float
+    n: int
+    energy_mj_per_image: float
+    sops_per_image: float
+    macs_per_image: float
+    mean_firing_rate: Optional[float]
+    pareto: bool = False
+
+
+def pareto_front(points: Sequence[SweepPoint]) -> List[bool]:
+    """For each point: True when no other point has top-1 >= and energy <= it with one of them strictly better."""
+    flags = []
+    for p in points:
+        dominated = any(
+            q.top1 >= p.top1 and q.energy_mj_per_image <= p.energy_mj_per_image
+            and (q.top1 > p.top1 or q.energy_mj_per_image < p.energy_mj_per_image)
+            for q in points)
+        flags.append(not dominated)
+    return flags
+
+
+def _resolve_names(classnames, templates, dataset_name: str, data: Dataset):
+    # the same defaults as spikeclip zeroshot: the dataset's class names, the class-name set's templates
+    if classnames is None:
+        classnames = dataset_classnames(dataset_name, data)
+        if classnames is None:
+            raise ValueError(f'No class names known for dataset {dataset_name!r}: pass classnames '
+                             f'(--classnames), a built-in set such as fashion_mnist or a text file')
+    if templates is None:
+        key = classnames if isinstance(classnames, str) else dataset_name
+        templates = key if key in TEMPLATES else 'simple'
+    names = get_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else list(classnames)
+    temps = get_templates(templates) if isinstance(templates, (str, os.PathLike)) else list(templates)
+    return names, temps
+
+
+def sweep_t(
+        model_name: str,
+        pretrained: Optional[str],
+        dataset: Union[str, os.PathLike, Dataset],
+        Ts: Sequence[int] = (1, 2, 4, 8),
+        classnames: Optional[Union[str, Sequence[str]]] = None,
+        templates: Optional[Union[str, Sequence[str]]] = None,
+        split: str = 'test',
+        batch_size: int = 64,
+        limit: Optional[int] = None,
+        device: Union[str, torch.device] = 'cpu',
+        data_root: Optional[str] = None,
+        constants: Optional[EnergyConstants] = None,
+        progress: bool = True,
+) -> List[SweepPoint]:
+    """Zero-shot top-1/top-5 and image-tower energy per image of one checkpoint at each T in ``Ts``.
+
+    Both towers run at each T (the class embeddings are rebuilt at that T). Accuracy and energy are
+    measured on the same images.
+
+    Args:
+        model_name: A SpikeCLIP model config, ``hf-hub:org/repo`` or ``local-dir:path``.
+        pretrained: Checkpoint (safetensors or torch state dict); None only for hf-hub:/local-dir: names.
+        dataset: IDX folder, ImageFolder, torchvision dataset name, or a Dataset of (preprocessed image, label).
+        Ts: Time steps to evaluate at (distinct integers >= 1; readout 'mean' for any T but the trained one).
+        classnames: Built-in set, text file or list; default: the dataset's.
+        templates: Built-in set, text file or list; default: the class-name set's, else 'simple'.
+        split: 'train' or 'test'.
+        batch_size: Images per batch.
+        limit: Use only the first ``limit`` images.
+        device: Device to run on.
+        data_root: Folder of torchvision datasets.
+        constants: Energy per MAC / AC (default 4.6 / 0.9 pJ).
+        progress: Show progress bars.
+
+    Returns:
+        One ``SweepPoint`` per T, in the order given, with ``pareto`` set.
+    """
+    Ts = [int(t) for t in Ts] if not isinstance(Ts, (int, str)) else None
+    if not Ts:
+        raise ValueError('Ts must be a non-empty list of time steps, e.g. [1, 2, 4, 8]')
+    if len(set(Ts)) != len(Ts):
+        raise ValueError(f'Ts has repeated values: {Ts}')
+    register_model_configs()
+    kwargs_per_T = {T: check_inference_T(model_name, T) for T in Ts}  # refuse a bad T before any work
+    if limit is not None and limit < 1:
+        raise ValueError(f'limit must be >= 1, got {limit}')
+
+    points = []
+    loader = classnames_ = templates_ = tokenizer = None
+    for T in Ts:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, **kwargs_per_T[T])
+        model.eval()
+        if loader is None:  # preprocessing does not depend on T: build the data once
+            if isinstance(dataset, Dataset):
+                data, dataset_name = dataset, type(dataset).__name__
+            else:
+                data, dataset_name = build_dataset(dataset, split, preprocess, data_root), os.fspath(dataset)
+            classnames_, templates_ = _resolve_names(classnames, templates, dataset_name, data)
+            if limit is not None:
+                data = Subset(data, range(min(int(limit), len(data))))
+            if len(data) == 0:
+                raise ValueError('The dataset is empty: nothing to evaluate')
+            loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+            tokenizer = open_clip.get_tokenizer(model_name)
+        classifier = build_classifier(model, tokenizer, classnames_, templates_, device=device)
+        acc = evaluate(model, loader, classifier, device=device, progress=progress)
+        size = model.visual.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        report = energy_report(
+            model.visual, ((x.to(device), y) for x, y in loader), model_name=f'{model_name} image tower',
+            data_name=str(dataset), input_size=[3, *size], constants=constants, progress=progress)
+        if report.T != T:
+            raise RuntimeError(f'The image tower ran at T={report.T}, asked for T={T}')
+        points.append(SweepPoint(
+            T=T, top1=acc['top1'], top5=acc['top5'], n=acc['n'], energy_mj_per_image=report.energy_mj,
+            sops_per_image=report.sops, macs_per_image=report.macs, mean_firing_rate=report.mean_firing_rate))
+        _logger.info('T=%d: top-1 %.4f, top-5 %.4f, %.4g mJ/image', T, acc['top1'], acc['top5'], report.energy_mj)
+    for p, flag in zip(points, pareto_front(points)):
+        p.pareto = flag
+    return points
+
+
+_COLUMNS = ('T', 'top1', 'top5', 'n', 'energy_mj_per_image', 'sops_per_image', 'macs_per_image',
+            'mean_firing_rate', 'pareto')
+
+
+def _markdown(points: Sequence[SweepPoint], title: str) -> str:
+    lines = [f'# {title}', '',
+             '| T | top-1 | top-5 | images | energy (mJ/image) | SOPs/image | MACs/image | mean firing rate | Pareto |',
+             '|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+    for p in points:
+        rate = '' if p.mean_firing_rate is None else f'{p.mean_firing_rate:.4f}'
+        lines.append(f'| {p.T} | {100 * p.top1:.2f}% | {100 * p.top5:.2f}% | {p.n} | {p.energy_mj_per_image:.4g} '
+                     f'| {p.sops_per_image:.4g} | {p.macs_per_image:.4g} | {rate} | {"yes" if p.pareto else ""} |')
+    return '\n'.join(lines) + '\n'
+
+
+def _csv(points: Sequence[SweepPoint]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_COLUMNS, lineterminator='\n')
+    w.writeheader()
+    for p in points:
+        w.writerow(asdict(p))
+    return buf.getvalue()
+
+
+def plot_sweep(points: Sequence[SweepPoint], path: str, title: Optional[str] = None) -> str:
+    """PNG of top-1 (%) against image-tower energy per image, each point labelled by its T, Pareto front drawn."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')  # headless
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ImportError("The sweep plot needs matplotlib: pip install 'spikeclip[plot]'") from e
+    pts = sorted(points, key=lambda p: p.energy_mj_per_image)
+    fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
+    ax.plot([p.energy_mj_per_image for p in pts], [100 * p.top1 for p in pts], 'o', color='tab:gray',
+            label='all T')
+    front = [p for p in pts if p.pareto]
+    ax.plot([p.energy_mj_per_image for p in front], [100 * p.top1 for p in front], 'o-', color='tab:blue',
+            label='Pareto front')
+    for p in pts:
+        ax.annotate(f'T={p.T}', (p.energy_mj_per_image, 100 * p.top1), textcoords='offset points',
+                    xytext=(5, 5), fontsize=9)
+    ax.set_xlabel('image-tower energy (mJ / image)')
+    ax.set_ylabel('zero-shot top-1 (%)')
+    ax.set_title(title or 'accuracy vs energy over time steps T')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=120)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+def write_sweep(
+        points: Sequence[SweepPoint],
+        out_dir: Union[str, os.PathLike],
+        meta: Optional[Dict[str, Any]] = None,
+        title: Optional[str] = None,
+) -> List[str]:
+    """Write ``sweep_t.{png,md,csv,json}`` to ``out_dir`` (each file written whole or not at all).
+
+    Args:
+        points: ``sweep_t`` output.
+        out_dir: Output folder (created).
+        meta: Extra keys for the JSON (model, checkpoint, dataset ...).
+        title: Title of the table and plot.
+    """
+    if not points:
+        raise ValueError('No sweep points to write')
+    out_dir = os.fspath(out_dir)
+    title = title or 'Accuracy and energy per image over time steps T'
+    stem = os.path.join(out_dir, FILE_STEM)
+    paths = [plot_sweep(points, stem + '.png', title)]  # the plot first: the step that can fail (matplotlib)
+    for ext, text in (('.md', _markdown(points, title)), ('.csv', _csv(points)),
+                      ('.json', json.dumps(dict(meta or {}, points=[asdict(p) for p in points]), indent=2) + '\n')):
+        atomic_write(stem + ext, text.encode())
+        paths.append(stem + ext)
+    return paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='spikeclip sweep-t', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--model', required=True, help='SpikeCLIP model config, hf-hub:org/repo or local-dir:path')
+    p.add_argument('--pretrained', default=None, help='checkpoint file (.safetensors / .pt)')
+    p.add_argument('--dataset', required=True, help='IDX folder (Fashion-MNIST files), ImageFolder or torchvision name')
+    p.add_argument('--split', default='test', choices=('train', 'test'))
+    p.add_argument('--classnames', default=None, help="built-in set or text file; default: the dataset's")
+    p.add_argument('--templates', default=None, help="built-in set or text file; default: the class-name set's")
+    p.add_argument('--T', type=int, nargs='+', default=[1, 2, 4, 8], help='time steps to evaluate at (default 1 2 4 8)')
+    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--limit', type=int, default=None, help='use only the first N images')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--data-root', default=None, help='folder of torchvision datasets')
+    p.add_argument('--out', required=True, help='output folder for sweep_t.{md,csv,json,png}')
+    p.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    prog = 'spikeclip sweep-t'
+    try:
+        import importlib.util
+        if importlib.util.find_spec('matplotlib') is None:  # fail before measuring, not after
+            raise ImportError("The sweep plot needs matplotlib: pip install 'spikeclip[plot]'")
+        if args.pretrained is None and not args.model.startswith(('hf-hub:', 'local-dir:')):
+            raise ValueError('--pretrained is required (a trained checkpoint): random weights have no accuracy '
+                             'to trade against energy')
+        if args.pretrained is not None and not os.path.isfile(args.pretrained):
+            raise FileNotFoundError(f'Checkpoint not found: {args.pretrained}')
+        points = sweep_t(
+            args.model, args.pretrained, args.dataset, args.T, classnames=args.classnames, templates=args.templates,
+            split=args.split, batch_size=args.batch_size, limit=args.limit, device=args.device,
+            data_root=args.data_root, progress=not args.no_progress)
+        meta = dict(model=args.model, pretrained=args.pretrained, dataset=args.dataset, split=args.split,
+                    energy='image tower, per image (timm_spike.energy)', constants=asdict(EnergyConstants()))
+        paths = write_sweep(points, args.out, meta, title=f'{args.model}: accuracy and energy over T')
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    print(_markdown(points, f'{args.model}: accuracy and energy over T'))
+    print('wrote ' + ', '.join(paths))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
