@@ -1,6 +1,8 @@
 """The fused CPU LIF must be spikingjelly's LIFNode in everything but speed."""
 import itertools
 import logging
+import os
+import shutil
 
 import pytest
 import timm
@@ -66,6 +68,10 @@ def test_same_spikes_and_gradients_as_spikingjelly(cfg, eager):
     assert g.abs().sum() > 0
 
 
+HAS_CXX = any(shutil.which(c) for c in (os.environ.get('CXX', ''), 'g++', 'clang++', 'c++') if c)
+
+
+@pytest.mark.skipif(not HAS_CXX, reason='torch.compile on the CPU needs a C++ compiler (eager fallback tested below)')
 @pytest.mark.parametrize('cfg', [LIFConfig(), LIFConfig(v_reset=None, detach_reset=False, decay_input=False,
                                                           surrogate='atan', v_threshold=0.5)])
 def test_compiled_matches_spikingjelly(cfg):
