@@ -442,3 +442,26 @@ def test_recipes_refuse_missing_inputs(tmp_path):
 def test_cli_lists_paper():
     from open_clip_spike import cli
     assert cli.COMMANDS['paper'][0] == 'open_clip_spike.paper'
+
+
+@pytest.mark.parametrize('dataset', ['cifar10', 'cifar100', 'flowers102', 'oxford_pets', 'stl10', 'caltech101'])
+def test_stage2_captions_of_paper_datasets_give_back_their_class(dataset):
+    """Every prompt prepare_stage2 can write fits the student's 20-token context without two classes colliding,
+    so stage 2 (spikeclip train --spike-loss dual) labels each caption with its class."""
+    from open_clip_spike.train import CaptionLabeler
+    names, temps = list(CLASSNAMES[dataset]), get_templates(dataset)
+    tok = open_clip.get_tokenizer('SpikeCLIP-Tiny')
+    labeler = CaptionLabeler(tok, names, temps)
+    rng = np.random.default_rng(0)
+    ys = rng.integers(0, len(names), size=16).tolist()
+    captions = [temps[rng.integers(len(temps))].format(names[y]) for y in ys]
+    assert labeler(tok(captions)).tolist() == ys
+
+
+def test_finetune_teacher_refuses_bad_input(capsys, tmp_path):
+    assert paper.main(['finetune-teacher', '--model', 'SpikeCLIP-DemoTeacher', '--train-data', 'x.csv']) == 2
+    assert 'needs --name' in capsys.readouterr().err
+    assert paper.main(['finetune-teacher', '--model', 'SpikeCLIP-DemoTeacher', '--name', 't',
+                       '--logs', str(tmp_path)]) == 2
+    assert 'needs --train-data' in capsys.readouterr().err
+    assert not (tmp_path / 't').exists()
