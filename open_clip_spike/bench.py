@@ -39,7 +39,7 @@ from timm_spike.layers import StatelessLIFNode, is_spiking_neuron, set_lif_impl
 from timm_spike.layers.fused_lif import fused_compile_enabled
 
 __all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'peak_train_memory', 'peak_train_memory_many',
-           'replace_neurons_with_identity', 'to_markdown', 'main']
+           'to_markdown', 'main']
 
 _logger = logging.getLogger(__name__)
 
@@ -171,21 +171,17 @@ def build_bench_model(
     else:
         raise ValueError(f'Unknown benchmark model {name!r}; choose from {list(MODELS)}')
     if impl == ANN:
-        replace_neurons_with_identity(model)
+        from timm_spike.energy import ann_equivalent  # the one definition of "the ANN of equal shape"
+        model = ann_equivalent(model)
     return model.to(device), make_input, loss_fn
 
 
-def replace_neurons_with_identity(model: nn.Module) -> int:
-    """Replace every spiking neuron by nn.Identity (the ANN of equal shape). Returns how many."""
-    targets = [(name, m) for name, m in model.named_modules() if is_spiking_neuron(m)]
-    for name, _ in targets:
-        parent_name, _, child = name.rpartition('.')
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, nn.Identity())
-    return len(targets)
-
-
 class _Variants:
-    """One model whose T and neurons are switched between calls, so every variant uses the same weights."""
+    """One model whose T and neurons are switched between calls, so every variant uses the same weights.
+
+    The ANN variant swaps in identities where ``timm_spike.energy.ann_equivalent`` would, in place (a copy per
+    variant would hold another set of weights, gradients and optimizer state).
+    """
 
     def __init__(self, model: nn.Module):
         self.model = model

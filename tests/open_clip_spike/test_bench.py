@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import timm
 import torch
 
 from open_clip_spike import bench
@@ -36,12 +35,22 @@ def test_quick_bench_writes_consistent_report(tmp_path):
     assert ('WARNING: measured under load' in md) == result['load']['under_load']
 
 
-def test_identity_neurons_and_errors():
-    m = timm.create_model('spikingformer_clip', embed_dim=32, depth=1, num_heads=4)
-    n = sum(is_spiking_neuron(x) for x in m.modules())
-    assert bench.replace_neurons_with_identity(m) == n == 4 + 7
-    assert not any(is_spiking_neuron(x) for x in m.modules())
-    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+def test_ann_variant_and_errors():
+    ann, make_input, loss_fn = bench.build_bench_model('spikingformer_clip', 1, 'ann', 2, quick=True)
+    assert not any(is_spiking_neuron(x) for x in ann.modules()) and ann.T == 1
+    out = ann(*make_input(2))
+    assert out.shape == (2, 512) and loss_fn(out).ndim == 0
+    snn, _, _ = bench.build_bench_model('spikingformer_clip', 2, 'fused', 2, quick=True)
+    assert sum(is_spiking_neuron(x) for x in snn.modules()) == 4 + 7
+    # The in-place variant switch gives the ANN's function on the SNN's weights.
+    v = bench._Variants(snn)
+    v.set(1, 'ann')
+    snn.load_state_dict(ann.state_dict())
+    x = make_input(2)
+    with torch.no_grad():
+        assert torch.allclose(snn.eval()(*x), ann.eval()(*x), atol=1e-6)
+    v.set(2, 'fused')
+    assert snn.T == 2 and sum(is_spiking_neuron(m) for m in snn.modules()) == 11
     with pytest.raises(ValueError, match='Unknown benchmark model'):
         bench.build_bench_model('resnet50', 1, 'fused', 2)
     with pytest.raises(SystemExit):
