@@ -8,16 +8,24 @@ Lv et al., "SpikeCLIP: A Contrastive Language-Image Pretrained Spiking Neural Ne
 Both take keyword tensors as open_clip_train passes them (the model's output dict, the teacher's outputs as
 ``dist_*`` keys, plus ``labels`` for `DualLoss`) and return ``{"<name>_loss": tensor}`` with ``output_dict=True``
 (open_clip_train sums the values) or the total otherwise.
+
+Energy-aware training: both losses take an optional firing-rate regulariser (``rate_weight``, ``rate_target``),
+``rate_weight * mean over neuron layers of (rate - target)^2`` (or of ``max(0, rate - target)^2``, 'hinge'),
+on the per-layer rates a `SpikeRateCollector` adds to the model's output dict as ``spike_rates``. The rates
+are means of the spike tensors, differentiable through the neurons' surrogate gradient, so the term lowers
+(or raises) the firing rates, i.e. the synaptic operations and the energy per image.
 """
 import logging
-from typing import Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-__all__ = ['AlignmentLoss', 'DualLoss']
+from timm_spike.layers import is_spiking_neuron
+
+__all__ = ['AlignmentLoss', 'DualLoss', 'SpikeRateCollector', 'firing_rate_loss', 'RATE_MODES']
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +40,102 @@ def _require(name: str, value: Optional[torch.Tensor], hint: str) -> torch.Tenso
     if value is None:
         raise ValueError(f'{name} is missing: {hint}')
     return value
+
+
+RATE_MODES = ('squared', 'hinge')
+SPIKE_RATES_KEY = 'spike_rates'  # the output-dict key (and loss keyword) of the per-layer firing rates
+
+
+def firing_rate_loss(rates: torch.Tensor, target: float = 0.0, mode: str = 'squared') -> torch.Tensor:
+    """Mean over neuron layers of ``(rate - target)^2`` ('squared') or ``max(0, rate - target)^2`` ('hinge').
+
+    Args:
+        rates: Firing rate of each neuron layer [L] (spikes per neuron per time step, in [0, 1]).
+        target: Target rate; 'hinge' penalises only rates above it.
+        mode: 'squared' or 'hinge'.
+    """
+    if mode not in RATE_MODES:
+        raise ValueError(f'Unknown firing-rate penalty {mode!r}; choose one of {RATE_MODES}')
+    if rates.ndim != 1 or not len(rates):
+        raise ValueError(f'rates must be a non-empty [num_layers] tensor, got shape {tuple(rates.shape)}')
+    diff = rates.float() - target
+    if mode == 'hinge':
+        diff = diff.clamp(min=0)
+    return diff.pow(2).mean()
+
+
+class SpikeRateCollector:
+    """Forward hooks that put the differentiable firing rate of every spiking neuron layer into the output dict.
+
+    During each forward of ``model`` in training mode with gradients on, every spikingjelly neuron's output
+    (its spikes, [T, B, ...]) is reduced to its mean, which carries the surrogate gradient; the model's output
+    dict gains ``spike_rates`` [num_layers] (layers that ran, in call order), which open_clip_train hands to
+    the loss as a keyword. Reducing in the hook keeps one scalar per layer instead of every spike tensor.
+    Evaluation (eval mode or ``torch.no_grad``) is left untouched.
+
+    Args:
+        model: The student (before any DDP wrap); it must contain spiking neurons.
+        key: Output-dict key for the rates.
+    """
+
+    def __init__(self, model: nn.Module, key: str = SPIKE_RATES_KEY):
+        self.key = key
+        self.neurons = [m for m in model.modules() if is_spiking_neuron(m)]
+        if not self.neurons:
+            raise ValueError(f'{type(model).__name__} has no spiking neurons: a firing-rate regulariser needs a '
+                             f'spiking model (e.g. a SpikeCLIP config)')
+        self._rates: List[torch.Tensor] = []
+        self._handles = [model.register_forward_pre_hook(self._start), model.register_forward_hook(self._finish)]
+        self._handles += [n.register_forward_hook(self._record) for n in self.neurons]
+
+    @staticmethod
+    def _active(module: nn.Module) -> bool:
+        return module.training and torch.is_grad_enabled()
+
+    def _start(self, module: nn.Module, args: Any) -> None:
+        self._rates = []
+
+    def _record(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self._active(module) and isinstance(output, torch.Tensor):
+            self._rates.append(output.float().mean())
+
+    def _finish(self, module: nn.Module, args: Any, output: Any) -> Any:
+        if self._rates and isinstance(output, dict):
+            output[self.key] = torch.stack(self._rates)
+        self._rates = []
+        return output
+
+    def remove(self) -> None:
+        """Detach every hook."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
+class _RateTerm(nn.Module):
+    """The optional ``rate_loss`` term shared by both stage losses."""
+
+    def __init__(self, weight: float, target: float, mode: str):
+        super().__init__()
+        if weight < 0:
+            raise ValueError(f'rate_weight must be >= 0, got {weight}')
+        if not 0 <= target <= 1:
+            raise ValueError(f'rate_target is a firing rate (spikes per neuron per step) in [0, 1], got {target}')
+        if mode not in RATE_MODES:
+            raise ValueError(f'Unknown rate_mode {mode!r}; choose one of {RATE_MODES}')
+        self.weight, self.target, self.mode = weight, target, mode
+
+    def add_to(self, losses: Dict[str, torch.Tensor], spike_rates: Optional[torch.Tensor]) -> None:
+        if self.weight == 0:
+            return
+        rates = _require(SPIKE_RATES_KEY, spike_rates,
+                         'the firing-rate regulariser needs the per-layer rates in the model output: attach '
+                         'open_clip_spike.loss.SpikeRateCollector(model) (spikeclip train does so), and run the '
+                         'model in training mode with gradients on')
+        losses['rate_loss'] = self.weight * firing_rate_loss(rates, self.target, self.mode)
+
+    def extra_repr(self) -> str:
+        return f'weight={self.weight}, target={self.target}, mode={self.mode!r}'
 
 
 _TEACHER_HINT = ('the loss needs the teacher\'s outputs (dist_* keys); train with both --distill-model and '
@@ -55,6 +159,9 @@ class AlignmentLoss(nn.Module):
         rank: Rank of this process.
         world_size: Number of processes.
         use_horovod: Passed to `ClipLoss`.
+        rate_weight: Weight of the firing-rate regulariser ``rate_loss`` (0: off).
+        rate_target: Target firing rate of the regulariser.
+        rate_mode: 'squared' (pull every layer's rate to the target) or 'hinge' (penalise rates above it).
     """
 
     def __init__(
@@ -67,8 +174,12 @@ class AlignmentLoss(nn.Module):
             rank: int = 0,
             world_size: int = 1,
             use_horovod: bool = False,
+            rate_weight: float = 0.0,
+            rate_target: float = 0.0,
+            rate_mode: str = 'squared',
     ):
         super().__init__()
+        self.rate = _RateTerm(rate_weight, rate_target, rate_mode)
         if min(image_weight, text_weight, contrastive_weight) < 0:
             raise ValueError('AlignmentLoss weights must be >= 0, got '
                              f'image={image_weight}, text={text_weight}, contrastive={contrastive_weight}')
@@ -104,6 +215,7 @@ class AlignmentLoss(nn.Module):
             dist_image_features: Optional[torch.Tensor] = None,
             dist_text_features: Optional[torch.Tensor] = None,
             logit_bias: Optional[torch.Tensor] = None,
+            spike_rates: Optional[torch.Tensor] = None,
             output_dict: bool = False,
             **kwargs,
     ) -> LossOutput:
@@ -116,8 +228,9 @@ class AlignmentLoss(nn.Module):
             dist_image_features: Teacher image embeddings [B, D].
             dist_text_features: Teacher text embeddings [B, D].
             logit_bias: Optional logit bias for the contrastive term.
-            output_dict: Return ``{"image_align_loss", "text_align_loss", "contrastive_loss"}`` (the enabled
-                ones) instead of their sum.
+            spike_rates: Per-layer firing rates of the student [L] (`SpikeRateCollector`), for ``rate_loss``.
+            output_dict: Return ``{"image_align_loss", "text_align_loss", "contrastive_loss", "rate_loss"}``
+                (the enabled ones) instead of their sum.
             **kwargs: Other model outputs (e.g. ``dist_logit_scale``), ignored.
         """
         losses = {}
@@ -132,6 +245,7 @@ class AlignmentLoss(nn.Module):
         if self.clip_loss is not None:
             losses['contrastive_loss'] = self.contrastive_weight * self.clip_loss(
                 image_features.float(), text_features.float(), logit_scale.float(), logit_bias)
+        self.rate.add_to(losses, spike_rates)
         return _finish(losses, output_dict)
 
 
@@ -153,6 +267,9 @@ class DualLoss(nn.Module):
         kl_weight: lambda, the weight of the KL term.
         kl_temperature: tau, the temperature of both distributions in the KL term.
         label_smoothing: Passed to `F.cross_entropy`.
+        rate_weight: Weight of the firing-rate regulariser ``rate_loss`` (0: off).
+        rate_target: Target firing rate of the regulariser.
+        rate_mode: 'squared' or 'hinge' (see `firing_rate_loss`).
     """
 
     def __init__(
@@ -161,8 +278,12 @@ class DualLoss(nn.Module):
             kl_weight: float = 1.0,
             kl_temperature: float = 1.0,
             label_smoothing: float = 0.0,
+            rate_weight: float = 0.0,
+            rate_target: float = 0.0,
+            rate_mode: str = 'squared',
     ):
         super().__init__()
+        self.rate = _RateTerm(rate_weight, rate_target, rate_mode)
         if class_embeddings.ndim != 2:
             raise ValueError(f'class_embeddings must be [embed_dim, num_classes], got {tuple(class_embeddings.shape)}')
         if kl_weight < 0:
@@ -200,6 +321,7 @@ class DualLoss(nn.Module):
             labels: Optional[torch.Tensor] = None,
             dist_image_features: Optional[torch.Tensor] = None,
             dist_logit_scale: Optional[torch.Tensor] = None,
+            spike_rates: Optional[torch.Tensor] = None,
             output_dict: bool = False,
             **kwargs,
     ) -> LossOutput:
@@ -211,7 +333,8 @@ class DualLoss(nn.Module):
             labels: Class indices [B] into the columns of ``L``.
             dist_image_features: Teacher image embeddings [B, D].
             dist_logit_scale: Teacher logit scale; the student's is used when absent.
-            output_dict: Return ``{"ce_loss", "kl_loss"}`` instead of their sum.
+            spike_rates: Per-layer firing rates of the student [L] (`SpikeRateCollector`), for ``rate_loss``.
+            output_dict: Return ``{"ce_loss", "kl_loss", "rate_loss"}`` (the enabled ones) instead of their sum.
             **kwargs: Other model outputs (text features etc.), ignored.
         """
         labels = _require('labels', labels, 'DualLoss needs class indices; spikeclip train derives them from the '
@@ -230,4 +353,5 @@ class DualLoss(nn.Module):
             kl = F.kl_div(F.log_softmax(s / tau, dim=-1), F.log_softmax(t / tau, dim=-1),
                           reduction='batchmean', log_target=True)
             losses['kl_loss'] = self.kl_weight * tau ** 2 * kl
+        self.rate.add_to(losses, spike_rates)
         return _finish(losses, output_dict)

@@ -27,6 +27,11 @@ Tokens: the loop tokenizes with the student's tokenizer; the teacher (same token
 zero-padded to its context length, which is what its own tokenizer would give for captions that fit the student's
 context.
 
+Energy-aware training (both stages): ``--spike-rate-weight W --spike-rate-target R`` adds the loss term
+``rate_loss`` = W x mean over the student's neuron layers of (firing rate - R)^2 (``--spike-rate-mode hinge``:
+only rates above R count). Forward hooks on the student's neurons (`SpikeRateCollector`) put the differentiable
+per-layer rates into the output dict; open_clip_train logs ``rate_loss`` per step like the other terms.
+
 Patches of open_clip_train 3.3.0 all live in `_patched_open_clip_train` below, each with its reason. Checkpoints:
 open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
 writes ``epoch_N.safetensors`` (the model weights only), which loads with
@@ -51,7 +56,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
-from open_clip_spike.loss import AlignmentLoss, DualLoss
+from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
 
 __all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main',
            'resolve_classnames_templates']
@@ -80,6 +85,9 @@ class SpikeTrainConfig:
     logs: Optional[str] = None
     model_configs: Tuple[str, ...] = ()
     export_safetensors: bool = True
+    rate_weight: float = 0.0
+    rate_target: float = 0.0
+    rate_mode: str = 'squared'
 
 
 def _spike_parser() -> argparse.ArgumentParser:
@@ -111,6 +119,13 @@ def _spike_parser() -> argparse.ArgumentParser:
                         f'also ${LOGS_ENV}')
     g.add_argument('--spike-model-config', dest='model_configs', action='append', default=[],
                    help='an extra open_clip model config JSON file or folder to register (repeatable)')
+    g.add_argument('--spike-rate-weight', dest='rate_weight', type=float, default=0.0,
+                   help='both stages: weight of the firing-rate regulariser rate_loss, W x mean over the '
+                        'student\'s neuron layers of (rate - target)^2 (default 0: off)')
+    g.add_argument('--spike-rate-target', dest='rate_target', type=float, default=0.0,
+                   help='target firing rate of the regulariser, spikes per neuron per step in [0, 1] (default 0)')
+    g.add_argument('--spike-rate-mode', dest='rate_mode', choices=RATE_MODES, default='squared',
+                   help='squared: pull every layer\'s rate to the target; hinge: penalise only rates above it')
     g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
                    help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
     return p
@@ -330,6 +345,7 @@ class _Run:
         self.teacher_adapter: Optional[_InputAdapter] = None
         self.transforms: Tuple[_SwitchableTransform, ...] = ()
         self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
+        self.rate_collector: Optional[SpikeRateCollector] = None
 
     @property
     def _student_text_used(self) -> bool:
@@ -346,6 +362,11 @@ class _Run:
             self.student = model
             self.student_adapter = _InputAdapter(model, drop_text='never' if self._student_text_used else 'train')
             self.student_adapter.attach(model)
+            if self.cfg.rate_weight > 0:  # differentiable firing rates into the output dict, for rate_loss
+                try:
+                    self.rate_collector = SpikeRateCollector(model)
+                except ValueError as e:
+                    raise SpikeTrainError(f'--spike-rate-weight: {e}') from e
             self.transforms = (_SwitchableTransform(pp_train), _SwitchableTransform(pp_val))
             return model, self.transforms[0], self.transforms[1]
         self.teacher = model
@@ -395,11 +416,12 @@ class _Run:
     def create_loss(self, args: argparse.Namespace) -> nn.Module:
         self.args = args
         c = self.cfg
+        rate = dict(rate_weight=c.rate_weight, rate_target=c.rate_target, rate_mode=c.rate_mode)
         if c.loss == 'align':
             return AlignmentLoss(
                 image_weight=c.image_weight, text_weight=c.text_weight, contrastive_weight=c.contrastive_weight,
                 local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
-                rank=args.rank, world_size=args.world_size, use_horovod=args.horovod)
+                rank=args.rank, world_size=args.world_size, use_horovod=args.horovod, **rate)
         text_tower = getattr(self.student, 'text', None)
         if text_tower is not None and any(p.requires_grad for p in text_tower.parameters()):
             raise SpikeTrainError(f'{args.model}: lock_text_tower() left text parameters trainable; stage 2 needs '
@@ -415,7 +437,7 @@ class _Run:
         self.student.train(was_training)
         _logger.info(f'stage 2: class embeddings of {len(self.classnames)} classes x {len(self.templates)} '
                      f'templates from the frozen text tower')
-        return DualLoss(L.float(), kl_weight=c.kl_weight, kl_temperature=c.kl_temperature).to(args.device)
+        return DualLoss(L.float(), kl_weight=c.kl_weight, kl_temperature=c.kl_temperature, **rate).to(args.device)
 
     # open_clip_train.train.zero_shot_eval
     def zero_shot_eval(self, model, data, epoch, args, tokenizer=None):
@@ -585,6 +607,11 @@ def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
     if cfg.loss == 'dual' and a.lock_text_unlocked_layers:
         raise SpikeTrainError('stage 2 freezes the whole text tower (its class embeddings are computed once); '
                               'drop --lock-text-unlocked-layers')
+    if cfg.rate_weight < 0:
+        raise SpikeTrainError(f'--spike-rate-weight must be >= 0, got {cfg.rate_weight}')
+    if not 0 <= cfg.rate_target <= 1:
+        raise SpikeTrainError(f'--spike-rate-target is a firing rate (spikes per neuron per step) in [0, 1], '
+                              f'got {cfg.rate_target}')
     if a.accum_freq != 1:
         raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
     if a.name and a.logs and a.logs.lower() != 'none':
