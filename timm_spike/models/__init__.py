@@ -1,1 +1,2 @@
 from .spikingformer import *
+from .spikformer import *
