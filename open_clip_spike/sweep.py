@@ -17,7 +17,8 @@ Command line::
         --dataset /path/to/fashion-mnist --classnames fashion_mnist --T 1 2 4 8 --out sweep/
 
 writes sweep/sweep_t.md, sweep_t.csv, sweep_t.json and sweep_t.png (top-1 against energy per image, points
-labelled by T). Energy is the image tower's (``timm_spike.energy``): the class embeddings are computed once
+labelled by T). ``--pretrained`` takes several checkpoints of the same model (e.g. trained with and without
+``--spike-rate-weight``): one curve each, named by ``--labels`` or the file names. Energy is the image tower's (``timm_spike.energy``): the class embeddings are computed once
 per classifier, not per image.
 """
 import argparse
@@ -60,6 +61,7 @@ class SweepPoint:
     macs_per_image: float
     mean_firing_rate: Optional[float]
     pareto: bool = False
+    label: str = ''
 
 
 def pareto_front(points: Sequence[SweepPoint]) -> List[bool]:
@@ -103,6 +105,7 @@ def sweep_t(
         data_root: Optional[str] = None,
         constants: Optional[EnergyConstants] = None,
         progress: bool = True,
+        label: str = '',
 ) -> List[SweepPoint]:
     """Zero-shot top-1/top-5 and image-tower energy per image of one checkpoint at each T in ``Ts``.
 
@@ -123,9 +126,10 @@ def sweep_t(
         data_root: Folder of torchvision datasets.
         constants: Energy per MAC / AC (default 4.6 / 0.9 pJ).
         progress: Show progress bars.
+        label: Name of this checkpoint's curve (``SweepPoint.label``).
 
     Returns:
-        One ``SweepPoint`` per T, in the order given, with ``pareto`` set.
+        One ``SweepPoint`` per T, in the order given, with ``pareto`` set (among these points).
     """
     Ts = [int(t) for t in Ts] if not isinstance(Ts, (int, str)) else None
     if not Ts:
@@ -166,24 +170,31 @@ def sweep_t(
             raise RuntimeError(f'The image tower ran at T={report.T}, asked for T={T}')
         points.append(SweepPoint(
             T=T, top1=acc['top1'], top5=acc['top5'], n=acc['n'], energy_mj_per_image=report.energy_mj,
-            sops_per_image=report.sops, macs_per_image=report.macs, mean_firing_rate=report.mean_firing_rate))
+            sops_per_image=report.sops, macs_per_image=report.macs, mean_firing_rate=report.mean_firing_rate,
+            label=label))
         _logger.info('T=%d: top-1 %.4f, top-5 %.4f, %.4g mJ/image', T, acc['top1'], acc['top5'], report.energy_mj)
     for p, flag in zip(points, pareto_front(points)):
         p.pareto = flag
     return points
 
 
-_COLUMNS = ('T', 'top1', 'top5', 'n', 'energy_mj_per_image', 'sops_per_image', 'macs_per_image',
+_COLUMNS = ('label', 'T', 'top1', 'top5', 'n', 'energy_mj_per_image', 'sops_per_image', 'macs_per_image',
             'mean_firing_rate', 'pareto')
 
 
+def _labels(points: Sequence[SweepPoint]) -> List[str]:
+    return list(dict.fromkeys(p.label for p in points))  # in order of appearance
+
+
 def _markdown(points: Sequence[SweepPoint], title: str) -> str:
+    several = len(_labels(points)) > 1
     lines = [f'# {title}', '',
+             ('| checkpoint ' if several else '') +
              '| T | top-1 | top-5 | images | energy (mJ/image) | SOPs/image | MACs/image | mean firing rate | Pareto |',
-             '|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
+             ('|:---' if several else '') + '|---:|---:|---:|---:|---:|---:|---:|---:|:---:|']
     for p in points:
         rate = '' if p.mean_firing_rate is None else f'{p.mean_firing_rate:.4f}'
-        lines.append(f'| {p.T} | {100 * p.top1:.2f}% | {100 * p.top5:.2f}% | {p.n} | {p.energy_mj_per_image:.4g} '
+        lines.append((f'| {p.label} ' if several else '') + f'| {p.T} | {100 * p.top1:.2f}% | {100 * p.top5:.2f}% | {p.n} | {p.energy_mj_per_image:.4g} '
                      f'| {p.sops_per_image:.4g} | {p.macs_per_image:.4g} | {rate} | {"yes" if p.pareto else ""} |')
     return '\n'.join(lines) + '\n'
 
@@ -198,23 +209,25 @@ def _csv(points: Sequence[SweepPoint]) -> str:
 
 
 def plot_sweep(points: Sequence[SweepPoint], path: str, title: Optional[str] = None) -> str:
-    """PNG of top-1 (%) against image-tower energy per image, each point labelled by its T, Pareto front drawn."""
+    """PNG of top-1 (%) against image-tower energy per image, points labelled by T; per checkpoint label, its
+    points and its Pareto front (a line through the non-dominated points)."""
     try:
         import matplotlib
         matplotlib.use('Agg')  # headless
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("The sweep plot needs matplotlib: pip install 'spikeclip[plot]'") from e
-    pts = sorted(points, key=lambda p: p.energy_mj_per_image)
     fig, ax = plt.subplots(figsize=(6, 4.5), constrained_layout=True)
-    ax.plot([p.energy_mj_per_image for p in pts], [100 * p.top1 for p in pts], 'o', color='tab:gray',
-            label='all T')
-    front = [p for p in pts if p.pareto]
-    ax.plot([p.energy_mj_per_image for p in front], [100 * p.top1 for p in front], 'o-', color='tab:blue',
-            label='Pareto front')
-    for p in pts:
-        ax.annotate(f'T={p.T}', (p.energy_mj_per_image, 100 * p.top1), textcoords='offset points',
-                    xytext=(5, 5), fontsize=9)
+    for i, label in enumerate(_labels(points)):
+        color = f'C{i}'
+        pts = sorted((p for p in points if p.label == label), key=lambda p: p.energy_mj_per_image)
+        ax.plot([p.energy_mj_per_image for p in pts], [100 * p.top1 for p in pts], 'o', color=color, alpha=0.5)
+        front = [p for p in pts if p.pareto]
+        ax.plot([p.energy_mj_per_image for p in front], [100 * p.top1 for p in front], 'o-', color=color,
+                label=f'{label + ": " if label else ""}Pareto front')
+        for p in pts:
+            ax.annotate(f'T={p.T}', (p.energy_mj_per_image, 100 * p.top1), textcoords='offset points',
+                        xytext=(5, 5), fontsize=9, color=color)
     ax.set_xlabel('image-tower energy (mJ / image)')
     ax.set_ylabel('zero-shot top-1 (%)')
     ax.set_title(title or 'accuracy vs energy over time steps T')
@@ -258,7 +271,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='spikeclip sweep-t', description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='SpikeCLIP model config, hf-hub:org/repo or local-dir:path')
-    p.add_argument('--pretrained', default=None, help='checkpoint file (.safetensors / .pt)')
+    p.add_argument('--pretrained', nargs='+', default=None,
+                   help='checkpoint file(s) (.safetensors / .pt) of the model; several give one curve each')
+    p.add_argument('--labels', nargs='+', default=None,
+                   help='names of the checkpoints\' curves (default: their file names)')
     p.add_argument('--dataset', required=True, help='IDX folder (Fashion-MNIST files), ImageFolder or torchvision name')
     p.add_argument('--split', default='test', choices=('train', 'test'))
     p.add_argument('--classnames', default=None, help="built-in set or text file; default: the dataset's")
@@ -284,12 +300,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.pretrained is None and not args.model.startswith(('hf-hub:', 'local-dir:')):
             raise ValueError('--pretrained is required (a trained checkpoint): random weights have no accuracy '
                              'to trade against energy')
-        if args.pretrained is not None and not os.path.isfile(args.pretrained):
-            raise FileNotFoundError(f'Checkpoint not found: {args.pretrained}')
-        points = sweep_t(
-            args.model, args.pretrained, args.dataset, args.T, classnames=args.classnames, templates=args.templates,
-            split=args.split, batch_size=args.batch_size, limit=args.limit, device=args.device,
-            data_root=args.data_root, progress=not args.no_progress)
+        checkpoints = args.pretrained or [None]
+        for ckpt in checkpoints:
+            if ckpt is not None and not os.path.isfile(ckpt):
+                raise FileNotFoundError(f'Checkpoint not found: {ckpt}')
+        labels = args.labels or ([os.path.splitext(os.path.basename(c))[0] for c in checkpoints]
+                                 if len(checkpoints) > 1 else [''])
+        if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
+            raise ValueError(f'--labels needs one distinct name per --pretrained checkpoint ({len(checkpoints)}), '
+                             f'got {labels}')
+        points = []
+        for ckpt, label in zip(checkpoints, labels):
+            points += sweep_t(
+                args.model, ckpt, args.dataset, args.T, classnames=args.classnames, templates=args.templates,
+                split=args.split, batch_size=args.batch_size, limit=args.limit, device=args.device,
+                data_root=args.data_root, progress=not args.no_progress, label=label)
         meta = dict(model=args.model, pretrained=args.pretrained, dataset=args.dataset, split=args.split,
                     energy='image tower, per image (timm_spike.energy)', constants=asdict(EnergyConstants()))
         paths = write_sweep(points, args.out, meta, title=f'{args.model}: accuracy and energy over T')

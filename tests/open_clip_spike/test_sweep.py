@@ -169,3 +169,28 @@ def test_sweep_errors(tmp_path, trained_checkpoint, capsys):
     assert cli_main([*base, '--model', TINY, '--pretrained', os.fspath(tmp_path / 'missing.safetensors')]) == 2
     assert 'not found' in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_sweep_cli_several_checkpoints(tmp_path, trained_checkpoint, capsys):
+    path, model = trained_checkpoint
+    quiet = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in quiet:
+        if k.endswith('running_var'):
+            quiet[k] *= 4  # wider BN statistics: smaller normalised inputs, fewer spikes
+    quiet_path = os.fspath(tmp_path / 'quiet.safetensors')
+    save_file(quiet, quiet_path)
+    out = tmp_path / 'two'
+    base = ['sweep-t', '--model', TINY, '--dataset', os.fspath(FASHION_MNIST), '--classnames', 'fashion_mnist',
+            '--templates', 'simple', '--limit', '6', '--T', '1', '2', '--out', os.fspath(out), '--no-progress']
+    assert cli_main([*base, '--pretrained', path, quiet_path, '--labels', 'base']) == 2
+    assert 'one distinct name per --pretrained' in capsys.readouterr().err and not out.exists()
+    assert cli_main([*base, '--pretrained', path, quiet_path]) == 0
+    points = json.loads((out / 'sweep_t.json').read_text())['points']
+    assert [(p['label'], p['T']) for p in points] == [('tiny_t4', 1), ('tiny_t4', 2), ('quiet', 1), ('quiet', 2)]
+    by = {(p['label'], p['T']): p for p in points}
+    for T in (1, 2):
+        assert by[('quiet', T)]['sops_per_image'] < by[('tiny_t4', T)]['sops_per_image']
+    md = (out / 'sweep_t.md').read_text()
+    assert '| checkpoint | T |' in md and md.count('| quiet |') == 2
+    rows = list(csv.DictReader((out / 'sweep_t.csv').open()))
+    assert [r['label'] for r in rows] == ['tiny_t4', 'tiny_t4', 'quiet', 'quiet']
