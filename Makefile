@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo demo-quick data test clean
+
+FMNIST = /usr/share/datasets/fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,8 +14,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[train,plot,test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(VENV)/bin/spikeclip info spikingformer_clip --batch-size 8
+# Fashion-MNIST from Debian's package where apt exists (else: spikeclip demo --data DIR, or a network for torchvision).
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null; then \
+		S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$S apt-get install -y -q dataset-fashion-mnist || \
+		{ $$S apt-get update -q && $$S apt-get install -y -q dataset-fashion-mnist; }; fi
+
+demo: $(STAMP) data
+	$(VENV)/bin/spikeclip demo --out out/demo
+
+demo-quick: $(STAMP) data
+	$(VENV)/bin/spikeclip demo --quick --out out/demo-quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

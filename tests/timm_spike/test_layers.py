@@ -41,3 +41,25 @@ def test_readout():
     assert torch.allclose(w(x), x.mean(0), atol=1e-6)
     with pytest.raises(ValueError, match='readout'):
         TemporalReadout(3, 'max')
+
+
+def test_lif_impl_default_from_environment(monkeypatch):
+    from timm_spike.layers.neuron import LIF_IMPL_ENV
+    monkeypatch.delenv(LIF_IMPL_ENV, raising=False)
+    assert LIFConfig().impl == 'spikingjelly'
+    monkeypatch.setenv(LIF_IMPL_ENV, 'auto')
+    assert LIFConfig().impl == 'auto' and create_lif().impl == 'auto'
+    assert LIFConfig(impl='fused').impl == 'fused'  # an explicit choice wins
+    monkeypatch.setenv(LIF_IMPL_ENV, 'gpu-magic')
+    with pytest.raises(ValueError, match=LIF_IMPL_ENV):
+        LIFConfig()
+
+
+def test_fused_lif_on_meta_tensors_keeps_compiling_enabled():
+    # A shape-only pass (as MAC counting does) must not switch compiling off for the process.
+    from timm_spike.layers import fused_lif
+    failed_before = fused_lif._compile_failed
+    lif = create_lif(impl='fused')
+    out = lif(torch.empty(4, 2, 8, device='meta'))
+    assert out.shape == (4, 2, 8) and out.is_meta
+    assert fused_lif._compile_failed == failed_before

@@ -159,7 +159,10 @@ _RECOMPILE_LIMIT = 64
 
 def _run(name: str, fn: Callable, *args):
     global _compile_failed
-    if fused_compile_enabled() and not torch.compiler.is_compiling():
+    # Meta tensors (shape-only passes, e.g. MAC counting) run eagerly: compiling them fails, and one failure
+    # would switch compiling off for the whole process.
+    on_meta = any(isinstance(a, torch.Tensor) and a.is_meta for a in args)
+    if fused_compile_enabled() and not on_meta and not torch.compiler.is_compiling():
         # detach(): the kernels need no autograd tracking, and a detached tensor is not a view, so dynamo
         # guards on the tensor's own layout rather than on its base's (which would recompile per caller).
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)

@@ -4,7 +4,8 @@ One place holds the LIF defaults of the papers (Spikingformer / SpikeCLIP): tau 
 hard reset to 0, detached reset, input decay, and the Sigmoid(alpha=4) surrogate of the SpikeCLIP code.
 """
 import logging
-from dataclasses import asdict, dataclass, replace
+import os
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -29,6 +30,16 @@ SURROGATES = {
 # the CPU loop, same spikes and gradients). 'auto': fused on CPU, spikingjelly on CUDA, where spikingjelly's
 # own kernels are the fast path; decided per call from the input's device.
 LIF_IMPLS = ('spikingjelly', 'fused', 'auto')
+# The implementation is a run-time choice, not part of a model: this variable sets the default for every neuron
+# built without an explicit ``impl`` (e.g. in training subprocesses, where no model kwargs can be passed).
+LIF_IMPL_ENV = 'TIMM_SPIKE_LIF_IMPL'
+
+
+def _default_impl() -> str:
+    impl = os.environ.get(LIF_IMPL_ENV, 'spikingjelly')
+    if impl not in LIF_IMPLS:
+        raise ValueError(f'{LIF_IMPL_ENV}={impl!r} is not a LIF implementation; choose one of {LIF_IMPLS}')
+    return impl
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,9 @@ class LIFConfig:
     decay_input: bool = True
     surrogate: str = 'sigmoid'
     surrogate_alpha: Optional[float] = None  # None: the surrogate's usual sharpness (SURROGATES)
-    impl: str = 'spikingjelly'  # see LIF_IMPLS; the same neuron model and results, only speed differs
+    # see LIF_IMPLS; the same neuron model and results, only speed differs. Default: $TIMM_SPIKE_LIF_IMPL or
+    # 'spikingjelly'.
+    impl: str = field(default_factory=_default_impl)
 
     def __post_init__(self):
         if self.impl not in LIF_IMPLS:
