@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from timm_spike.energy.report import atomic_write
+
 __all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'main']
 
 _logger = logging.getLogger(__name__)
@@ -151,10 +153,7 @@ def write_captioned_csv(idx_dir: str, split: str, out_dir: str, limit: Optional[
             (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(path)
         caption = templates[rng.integers(len(templates))].format(classnames[int(label)])
         rows.append(f'{os.path.abspath(path)}\t{caption}')
-    tmp = csv_path + '.tmp'
-    with open(tmp, 'w') as f:
-        f.write('\n'.join(rows) + '\n')
-    os.replace(tmp, csv_path)
+    atomic_write(csv_path, ('\n'.join(rows) + '\n').encode())
     return csv_path
 
 
@@ -305,9 +304,7 @@ def _publish(cfg: DemoConfig, student_ckpt: str, energy_json: str, zs: Dict[str,
 
 
 def _write_json(path: str, obj: Any) -> None:
-    tmp = path + '.tmp'
-    Path(tmp).write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=2).encode())
 
 
 @torch.no_grad()

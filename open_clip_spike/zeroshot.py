@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -31,6 +30,8 @@ from tqdm import tqdm
 
 import open_clip
 from open_clip import build_zero_shot_classifier
+
+from timm_spike.energy.report import atomic_write
 
 from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 from .factory import register_model_configs
@@ -177,19 +178,7 @@ def evaluate(
 
 def _write_json(obj: Dict[str, Any], path: Union[str, os.PathLike]) -> None:
     # temp file + rename: an interrupted run leaves no half-written result
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.zeroshot-', suffix='.json.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            json.dump(obj, f, indent=2)
-            f.write('\n')
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(os.fspath(path), (json.dumps(obj, indent=2) + '\n').encode())
 
 
 def zeroshot(
