@@ -42,10 +42,12 @@ import contextlib
 import functools
 import glob
 import inspect
+import json
 import logging
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +59,7 @@ from torch import nn
 
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
 from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
+from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
 
 __all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main',
            'resolve_classnames_templates']
@@ -88,6 +91,7 @@ class SpikeTrainConfig:
     rate_weight: float = 0.0
     rate_target: float = 0.0
     rate_mode: str = 'squared'
+    teacher_cache: Optional[str] = None
 
 
 def _spike_parser() -> argparse.ArgumentParser:
@@ -126,6 +130,11 @@ def _spike_parser() -> argparse.ArgumentParser:
                    help='target firing rate of the regulariser, spikes per neuron per step in [0, 1] (default 0)')
     g.add_argument('--spike-rate-mode', dest='rate_mode', choices=RATE_MODES, default='squared',
                    help='squared: pull every layer\'s rate to the target; hinge: penalise only rates above it')
+    g.add_argument('--spike-teacher-cache', dest='teacher_cache', default=None, metavar='DIR',
+                   help='keep the teacher\'s features per sample in DIR (safetensors shards): the first epoch '
+                        'computes them, later epochs and runs skip the teacher. Training images then get the '
+                        'validation preprocessing (no augmentation), which the per-sample keys need; a cache made '
+                        'for another teacher, preprocessing or precision is refused')
     g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
                    help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
     return p
@@ -346,6 +355,7 @@ class _Run:
         self.transforms: Tuple[_SwitchableTransform, ...] = ()
         self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
         self.rate_collector: Optional[SpikeRateCollector] = None
+        self.cache: Optional[TeacherFeatureCache] = None
 
     @property
     def _student_text_used(self) -> bool:
@@ -375,7 +385,34 @@ class _Run:
         self.teacher_adapter = _InputAdapter(model, drop_text='never' if self._teacher_text_used else 'always')
         self.teacher_adapter.attach(model)
         self._set_up_inputs()
+        if self.cfg.teacher_cache:
+            return self._cached_teacher(model), pp_train, pp_val
         return model, pp_train, pp_val
+
+    def _cached_teacher(self, teacher: nn.Module) -> CachedTeacher:
+        a, ad = self.oc_args, self.teacher_adapter
+        # an augmented image would never hit the cache: training images get the validation preprocessing
+        self.transforms[0].transform = self.transforms[1].transform
+        fingerprint = {
+            'teacher': a.distill_model,
+            'pretrained': a.distill_pretrained,
+            'weights_blake2b': weights_digest(teacher),
+            'data_preprocess': repr(self.transforms[1]),
+            'teacher_input': {'size': list(ad.size), 'mean': ad.mean.flatten().tolist(),
+                              'std': ad.std.flatten().tolist(), 'data_mean': ad.data_mean.flatten().tolist(),
+                              'data_std': ad.data_std.flatten().tolist()},
+            'context_length': ad.context_length,
+            'precision': a.precision,
+        }
+        try:
+            rank = int(os.environ.get('RANK', 0))
+            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank)
+        except StaleCacheError as e:
+            raise SpikeTrainError(str(e)) from e
+        image = self.cfg.loss == 'dual' or self.cfg.image_weight > 0
+        _logger.info(f'teacher-feature cache {self.cfg.teacher_cache}: {self.cache.stats()["entries"]} features '
+                     f'cached; training images are not augmented')
+        return CachedTeacher(teacher, self.cache, image=image, text=self._teacher_text_used)
 
     def _check_teacher(self) -> None:
         a = self.oc_args
@@ -467,6 +504,26 @@ class _Run:
         return {k.replace('imagenet-zeroshot', 'zeroshot'): v for k, v in results.items()}
 
     _upstream_zero_shot_eval = None  # set by _patched_open_clip_train
+    _upstream_train_one_epoch = None
+
+    # open_clip_train.main.train_one_epoch
+    def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._upstream_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
+                                                  args, **kwargs)
+        finally:
+            seconds = time.perf_counter() - start
+            record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
+            if self.cache is not None:
+                self.cache.flush()  # also after an interrupted epoch: its finished batches stay cached
+                record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
+            _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
+                f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
+            base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
+            if base and getattr(args, 'rank', 0) == 0 and os.path.isdir(base):
+                with open(os.path.join(base, 'spike_epochs.jsonl'), 'a') as f:
+                    f.write(json.dumps(record) + '\n')
 
 
 class _Relabel:
@@ -505,6 +562,7 @@ def _patched_open_clip_train(run: _Run):
         _logger.warning(f'open_clip_spike.train patches open_clip_train {UPSTREAM_VERSION}; found '
                         f'{open_clip.__version__}')
     run._upstream_zero_shot_eval = oc_train.zero_shot_eval
+    run._upstream_train_one_epoch = oc_main.train_one_epoch
     patches = [
         # main imported create_loss by name: the only way to plug in AlignmentLoss / DualLoss.
         (oc_main, 'create_loss', run.create_loss),
@@ -516,6 +574,8 @@ def _patched_open_clip_train(run: _Run):
         (oc_train, 'zero_shot_eval', run.zero_shot_eval),
         # accuracy() calls float() on a 1-element array, an error from numpy 2.4 on.
         (oc_zero_shot, 'accuracy', _accuracy),
+        # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache written after each epoch.
+        (oc_main, 'train_one_epoch', run.train_one_epoch),
     ]
     import open_clip_train.data as oc_data
     if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
@@ -612,6 +672,9 @@ def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
     if not 0 <= cfg.rate_target <= 1:
         raise SpikeTrainError(f'--spike-rate-target is a firing rate (spikes per neuron per step) in [0, 1], '
                               f'got {cfg.rate_target}')
+    if cfg.teacher_cache and a.aug_cfg:
+        raise SpikeTrainError('--spike-teacher-cache keys the teacher\'s features by the exact preprocessed input, '
+                              'so training images are not augmented: drop --aug-cfg (or the cache)')
     if a.accum_freq != 1:
         raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
     if a.name and a.logs and a.logs.lower() != 'none':

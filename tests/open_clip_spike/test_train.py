@@ -196,6 +196,49 @@ def test_stage2_webdataset_from_stage1(digits, stage1):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith('visual.'))
 
 
+def _epochs(root, name):
+    path = root / 'logs' / name / 'spike_epochs.jsonl'
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_teacher_cache_skips_the_teacher_and_trains_identically(digits):
+    cache = digits / 'teacher-cache'
+    const = ('--lr-scheduler', 'const')  # the same learning rate at step k whatever the number of epochs
+    _ok(_run(_cmd(digits, 'cache-a', *_csv(digits), *const, '--epochs', '2', '--spike-teacher-cache', str(cache))))
+    first = _epochs(digits, 'cache-a')
+    assert [r['epoch'] for r in first] == [1, 2] and all(r['seconds'] > 0 for r in first)
+    # epoch 1 computes every sample once (12 images; captions repeat), epoch 2 runs no teacher at all
+    c1, c2 = first[0]['teacher_cache'], first[1]['teacher_cache']
+    assert c1['misses']['image'] == N_TRAIN and c1['hits']['image'] == 0
+    assert c1['entries']['image'] == N_TRAIN and 0 < c1['entries']['text'] <= N_TRAIN
+    assert c1['misses']['text'] + c1['hits']['text'] == N_TRAIN
+    assert c2['misses'] == {'image': 0, 'text': 0} and c2['hits'] == {'image': N_TRAIN, 'text': N_TRAIN}
+    shards = sorted(p.name for p in cache.iterdir())
+    assert 'meta.json' in shards and any(s.startswith('image-r0-') for s in shards)
+    assert not [s for s in shards if s.startswith('.tmp')]
+    # A second run reads the cache from the start and trains exactly as the first (same seed, same features).
+    _ok(_run(_cmd(digits, 'cache-b', *_csv(digits), *const, '--epochs', '1', '--spike-teacher-cache', str(cache))))
+    again = _epochs(digits, 'cache-b')[0]['teacher_cache']
+    assert again['misses'] == {'image': 0, 'text': 0} and again['hits']['image'] == N_TRAIN
+    steps = N_TRAIN // BATCH
+    assert _losses(digits, 'cache-b') == pytest.approx(_losses(digits, 'cache-a')[:steps], rel=1e-3)
+    # Another teacher (weights) for the same folder is refused, naming what differs; nothing is left behind.
+    other = digits / 'other-teacher.safetensors'
+    from safetensors.torch import load_file, save_file
+    sd = load_file(digits / f'{TEACHER}.safetensors')
+    sd['logit_scale'] = sd['logit_scale'] + 1
+    save_file(sd, other)
+    cmd = _cmd(digits, 'cache-c', *_csv(digits), '--epochs', '1', '--spike-teacher-cache', str(cache))
+    cmd[cmd.index('--distill-pretrained') + 1] = str(other)
+    proc = _run(cmd)
+    assert proc.returncode == 2 and 'made for another setting' in proc.stderr
+    assert 'pretrained' in proc.stderr and 'weights_blake2b' in proc.stderr
+    assert not (digits / 'logs' / 'cache-c').exists()
+    # augmentation and the cache exclude each other
+    cmd = _cmd(digits, 'cache-d', *_csv(digits), '--spike-teacher-cache', str(cache), module=False)
+    assert spike_train.main(cmd + ['--aug-cfg', 'scale=(0.5,1.0)']) == 2
+
+
 def test_torchrun_two_processes_amp(digits):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
            '-m', 'open_clip_spike.train'] + _cmd(digits, 'ddp', *_csv(digits), '--epochs', '1', '--precision', 'amp',
