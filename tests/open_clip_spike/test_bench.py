@@ -1,5 +1,6 @@
 """`spikeclip bench --quick` runs end to end and its numbers are consistent with each other."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,3 +56,21 @@ def test_ann_variant_and_errors():
         bench.build_bench_model('resnet50', 1, 'fused', 2)
     with pytest.raises(SystemExit):
         bench.main(['--models', 'nope'])
+
+
+def test_bench_cache_runs_both_variants_and_reports_the_ratio(tmp_path):
+    from open_clip_spike import bench_cache
+    data = Path(__file__).parents[1] / 'fixtures' / 'fashion_mnist'
+    out = tmp_path / 'out'
+    assert bench_cache.main(['--pairs', 'demo', '--images', '16', '--epochs', '2', '--batch-size', '8',
+                             '--threads', '1', '--workers', '0', '--data', str(data), '--out', str(out),
+                             '--work', str(tmp_path / 'work')]) == 0
+    result = json.loads((out / 'bench-cache.json').read_text())
+    (row,) = result['rows']
+    assert len(row['epoch_s_no_cache']) == len(row['epoch_s_cache']) == 2
+    assert row['ratio'] == pytest.approx(row['epoch_s_cache'][1] / row['epoch_s_no_cache'][1])
+    fill, hit = row['cache_stats']
+    assert fill['misses']['image'] == 16 and hit['misses'] == {'image': 0, 'text': 0}
+    assert hit['hits']['image'] == 16
+    md = (out / 'bench-cache.md').read_text()
+    assert 'cache ratio' in md and f'{row["ratio"]:.2f}' in md
