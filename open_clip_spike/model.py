@@ -1,7 +1,8 @@
 """SpikeCLIP as an open_clip model (Lv et al., 2023, arXiv 2310.06488).
 
 ``SpikeCLIP`` is open_clip's ``CustomTextCLIP`` with two spiking towers: a timm_spike backbone
-(``spikingformer_clip``) as ``.visual`` and the spiking MLP ``.text``. It keeps open_clip's API
+(``spikingformer_clip``) as ``.visual`` and the spiking MLP ``.text`` (or the spiking transformer of
+``open_clip_spike.text_transformer`` with ``text_cfg`` ``"arch": "transformer"``). It keeps open_clip's API
 (``encode_image``, ``encode_text``, ``forward`` with ``output_dict``, ``logit_scale``, tower locking), so
 open_clip's factory, training loop and zero-shot helpers use it unchanged. open_clip_spike.factory makes
 ``open_clip.create_model`` build it for configs with ``"model_class": "SpikeCLIP"``.
@@ -24,6 +25,7 @@ from open_clip.utils import to_2tuple
 import timm
 from timm_spike.layers import LIFConfig, check_time_steps
 from .text import SpikingTextCfg, SpikingTextMLP
+from .text_transformer import SpikingTextTransformer
 
 __all__ = ['SpikeCLIP', 'SpikingTimmModel', 'SpikingVisionCfg', 'SpikingTextCfg', 'state_dict_mismatches']
 
@@ -203,8 +205,9 @@ class SpikeCLIP(CustomTextCLIP):
             pretrained=self.vision_cfg.timm_model_pretrained,
             model_kwargs=vkw,
         )
-        self.text = SpikingTextMLP(
-            output_dim=embed_dim, T=T, readout=readout, lif_cfg=lif_dict, **self.text_cfg.to_dict())
+        text_tower = SpikingTextTransformer if self.text_cfg.arch == 'transformer' else SpikingTextMLP
+        self.text = text_tower(
+            output_dim=embed_dim, T=T, readout=readout, lif_cfg=lif_dict, **self.text_cfg.tower_kwargs())
         self.embed_dim = embed_dim
         self.context_length = self.text.context_length
         self.vocab_size = self.text.vocab_size

@@ -4,6 +4,9 @@ CLIP BPE tokens [B, L] -> token + position embedding [B, L, W] -> the L token sl
 -> repeated over T time steps (direct encoding) -> LIF -> Linear -> LIF -> Linear -> readout over T -> [B, D].
 The paper found this MLP better than a spiking transformer for short prompts; there is no attention mask
 and no pooling, so the position of every token matters.
+
+``SpikingTextCfg`` (a SpikeCLIP config's ``text_cfg``) picks this tower (``"arch": "mlp"``, the default) or the
+spiking transformer of ``open_clip_spike.text_transformer`` (``"arch": "transformer"``) for that comparison.
 """
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -15,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, create_lif, encode_direct
 
-__all__ = ['SpikingTextCfg', 'SpikingTextMLP']
+__all__ = ['SpikingTextCfg', 'SpikingTextMLP', 'TEXT_ARCHS', 'init_embeddings_from_teacher']
 
 _logger = logging.getLogger(__name__)
 
@@ -24,14 +27,47 @@ _TOKENIZER_KEYS = ('hf_tokenizer_name', 'tokenizer_mode', 'tokenizer_kwargs')
 _INIT_SPIKE_RATE = 0.05
 
 
+# Text tower architectures and the text_cfg keys that only make sense for each, with their defaults.
+TEXT_ARCHS: Dict[str, Dict[str, Any]] = {
+    'mlp': dict(hidden_dim=2048),  # SpikingTextMLP (the paper's choice)
+    'transformer': dict(layers=4, heads=8, mlp_ratio=4.0),  # open_clip_spike.text_transformer
+}
+
+
 @dataclass
 class SpikingTextCfg:
-    """``text_cfg`` of a SpikeCLIP model config (open_clip's CLIPTextCfg counterpart)."""
+    """``text_cfg`` of a SpikeCLIP model config (open_clip's CLIPTextCfg counterpart).
+
+    ``arch`` picks the text tower: 'mlp' (``SpikingTextMLP``, the default, so configs without ``arch`` load as
+    before) or 'transformer' (``SpikingTextTransformer``). The keys of the other architecture must be left out;
+    the chosen architecture's own keys default to ``TEXT_ARCHS[arch]``.
+    """
     context_length: int = 20
     vocab_size: int = 49408
     width: int = 512  # token embedding width
-    hidden_dim: int = 2048  # width of the hidden spiking layer
+    hidden_dim: Optional[int] = None  # 'mlp': width of the hidden spiking layer (2048)
     pad_id: int = 0  # the id open_clip's SimpleTokenizer pads with
+    arch: str = 'mlp'
+    layers: Optional[int] = None  # 'transformer': spiking self-attention blocks (4)
+    heads: Optional[int] = None  # 'transformer': attention heads (8)
+    mlp_ratio: Optional[float] = None  # 'transformer': MLP hidden width / width (4.0)
+
+    def __post_init__(self):
+        if self.arch not in TEXT_ARCHS:
+            raise ValueError(f'Unknown SpikeCLIP text_cfg arch {self.arch!r}; choose one of {sorted(TEXT_ARCHS)}')
+        foreign = sorted(k for a, keys in TEXT_ARCHS.items() if a != self.arch for k in keys
+                         if getattr(self, k) is not None)
+        if foreign:
+            owners = sorted({a for a, keys in TEXT_ARCHS.items() for k in foreign if k in keys})
+            raise ValueError(
+                f'Unknown SpikeCLIP text_cfg keys {foreign} for arch {self.arch!r}: they belong to arch '
+                f'{" / ".join(map(repr, owners))}; remove them, or set "arch": {owners[0]!r} in text_cfg')
+        for k, default in TEXT_ARCHS[self.arch].items():
+            if getattr(self, k) is None:
+                setattr(self, k, default)
+        for k in ('context_length', 'vocab_size', 'width', *TEXT_ARCHS[self.arch]):
+            if not getattr(self, k) > 0:
+                raise ValueError(f'SpikeCLIP text_cfg {k} must be > 0, got {getattr(self, k)!r}')
 
     @classmethod
     def from_any(cls, cfg: Union[None, 'SpikingTextCfg', Dict[str, Any]]) -> 'SpikingTextCfg':
@@ -47,7 +83,58 @@ class SpikingTextCfg:
         return cls(**cfg)
 
     def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
+        """The config as a dict, without the keys of the other architecture (``from_any`` round-trips it)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def tower_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments of the chosen tower's class (everything but ``arch``)."""
+        out = self.to_dict()
+        out.pop('arch')
+        return out
+
+
+@torch.no_grad()
+def init_embeddings_from_teacher(tower: nn.Module, teacher: nn.Module, rescale: bool = True) -> nn.Module:
+    """Copy the token and position embeddings of an open_clip model into a spiking text tower.
+
+    The paper initialises the text tower's embeddings from CLIP's; both text towers (``SpikingTextMLP``,
+    ``SpikingTextTransformer``) hold them as ``token_embedding`` (nn.Embedding) and ``pos_embed``
+    [context_length, width].
+
+    Args:
+        tower: The spiking text tower (``vocab_size``, ``width``, ``context_length`` attributes).
+        teacher: An open_clip ``CLIP`` / ``CustomTextCLIP`` (or its text transformer) with
+            ``token_embedding`` and ``positional_embedding`` of the tower's width and a vocabulary of
+            the tower's size. Only the first ``context_length`` positions are used.
+        rescale: Multiply both embeddings by one common factor that gives the token embedding unit
+            standard deviation. CLIP's embeddings (std about 0.02) would not reach the LIF threshold;
+            one common factor keeps their geometry (directions and relative sizes).
+
+    Returns:
+        The tower.
+    """
+    source = teacher
+    if not hasattr(source, 'token_embedding') and hasattr(source, 'text'):
+        source = source.text  # CustomTextCLIP keeps its text transformer in .text
+    tok = getattr(source, 'token_embedding', None)
+    pos = getattr(source, 'positional_embedding', None)
+    if not isinstance(tok, nn.Embedding) or not isinstance(pos, torch.Tensor):
+        raise ValueError(
+            f'{type(teacher).__name__} has no token_embedding (nn.Embedding) and positional_embedding to copy; '
+            f'pass an open_clip CLIP model with a transformer text tower')
+    if tuple(tok.weight.shape) != (tower.vocab_size, tower.width):
+        raise ValueError(
+            f'Teacher token embedding is {tuple(tok.weight.shape)} but this tower needs '
+            f'({tower.vocab_size}, {tower.width}); use a text_cfg width/vocab_size that matches the teacher')
+    if pos.shape[-1] != tower.width or pos.shape[0] < tower.context_length:
+        raise ValueError(
+            f'Teacher position embedding is {tuple(pos.shape)} but this tower needs at least '
+            f'({tower.context_length}, {tower.width})')
+    scale = 1.0 / tok.weight.float().std().clamp_min(1e-12).item() if rescale else 1.0
+    tower.token_embedding.weight.copy_(tok.weight.float() * scale)
+    tower.pos_embed.copy_(pos[:tower.context_length].float() * scale)
+    _logger.info('Initialised the spiking text embeddings from %s (scale %.3g)', type(teacher).__name__, scale)
+    return tower
 
 
 class SpikingTextMLP(nn.Module):
@@ -116,43 +203,12 @@ class SpikingTextMLP(nn.Module):
         nn.init.zeros_(self.fc1.bias)
         self.fc2.reset_parameters()
 
-    @torch.no_grad()
     def init_from_teacher(self, teacher: nn.Module, rescale: bool = True) -> 'SpikingTextMLP':
         """Copy the token and position embeddings of an open_clip model (the paper initialises from CLIP's).
 
-        Args:
-            teacher: An open_clip ``CLIP`` / ``CustomTextCLIP`` (or its text transformer) with
-                ``token_embedding`` and ``positional_embedding`` of this tower's width and a vocabulary of
-                this tower's size. Only the first ``context_length`` positions are used.
-            rescale: Multiply both embeddings by one common factor that gives the token embedding unit
-                standard deviation. CLIP's embeddings (std about 0.02) would not reach the LIF threshold;
-                one common factor keeps their geometry (directions and relative sizes).
-
-        Returns:
-            self.
+        See ``init_embeddings_from_teacher`` for the arguments; returns self.
         """
-        source = teacher
-        if not hasattr(source, 'token_embedding') and hasattr(source, 'text'):
-            source = source.text  # CustomTextCLIP keeps its text transformer in .text
-        tok = getattr(source, 'token_embedding', None)
-        pos = getattr(source, 'positional_embedding', None)
-        if not isinstance(tok, nn.Embedding) or not isinstance(pos, torch.Tensor):
-            raise ValueError(
-                f'{type(teacher).__name__} has no token_embedding (nn.Embedding) and positional_embedding to copy; '
-                f'pass an open_clip CLIP model with a transformer text tower')
-        if tuple(tok.weight.shape) != (self.vocab_size, self.width):
-            raise ValueError(
-                f'Teacher token embedding is {tuple(tok.weight.shape)} but this tower needs '
-                f'({self.vocab_size}, {self.width}); use a text_cfg width/vocab_size that matches the teacher')
-        if pos.shape[-1] != self.width or pos.shape[0] < self.context_length:
-            raise ValueError(
-                f'Teacher position embedding is {tuple(pos.shape)} but this tower needs at least '
-                f'({self.context_length}, {self.width})')
-        scale = 1.0 / tok.weight.float().std().clamp_min(1e-12).item() if rescale else 1.0
-        self.token_embedding.weight.copy_(tok.weight.float() * scale)
-        self.pos_embed.copy_(pos[:self.context_length].float() * scale)
-        _logger.info('Initialised the spiking text embeddings from %s (scale %.3g)', type(teacher).__name__, scale)
-        return self
+        return init_embeddings_from_teacher(self, teacher, rescale)
 
     def lock(self, unlocked_layers: int = 0, freeze_layer_norm: bool = True):
         """Freeze the tower (open_clip's ``lock_text_tower`` interface).

@@ -26,7 +26,8 @@ def test_configs_registered_with_open_clip():
     names = open_clip.list_models()
     for name in (PAPER, TINY, TEACHER):
         assert name in names
-    assert set(list_spikeclip_models()) == {PAPER, TINY, TEACHER, 'SpikeCLIP-Spikformer-4-384'}
+    # a subset: other configs (e.g. the -TextTransformer variants) ship beside these
+    assert {PAPER, TINY, TEACHER, 'SpikeCLIP-Spikformer-4-384'} <= set(list_spikeclip_models()) <= set(names)
     tok = open_clip.get_tokenizer(PAPER)
     assert tok.context_length == 20
     assert tuple(tok(['a photo of a cat.']).shape) == (1, 20)
