@@ -73,6 +73,9 @@ class DemoConfig:
     # CPU (same spikes and gradients as spikingjelly's LIFNode, several times faster), spikingjelly's on CUDA.
     lif_impl: str = 'auto'
     precision: str = 'fp32'
+    # also evaluate teacher and student under bf16 autocast (the accuracy effect of bf16 inference; reported
+    # apart, its time not counted in the run's time target)
+    bf16_eval: bool = True
     seed: int = 0
     progress: bool = True
     extra_train_args: List[str] = field(default_factory=list)
@@ -249,11 +252,11 @@ class _Stages:
 
 
 def _zeroshot(model: str, pretrained: Optional[str], idx_dir: str, limit: Optional[int], output: str,
-              progress: bool) -> str:
+              progress: bool, precision: str = 'fp32') -> str:
     from open_clip_spike.zeroshot import zeroshot
 
     zeroshot(model, pretrained, dataset=idx_dir, classnames=CLASSNAMES, templates=CLASSNAMES, split='test',
-             batch_size=256, limit=limit, output=output, progress=progress)
+             batch_size=256, limit=limit, output=output, progress=progress, precision=precision)
     return output
 
 
@@ -408,6 +411,13 @@ def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:
                       teacher_ckpt, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_teacher.json'), cfg.progress)
     zs_s = stages.run('zeroshot_student', os.path.join(out, 'zeroshot_student.json'), _zeroshot, cfg.student,
                       student, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_student.json'), cfg.progress)
+    bf16 = {}
+    if cfg.bf16_eval:
+        for who, model, ckpt in (('teacher', cfg.teacher, teacher_ckpt), ('student', cfg.student, student)):
+            path = os.path.join(out, f'zeroshot_{who}_bf16.json')
+            stages.run(f'zeroshot_{who}_bf16', path, _zeroshot, model, ckpt, idx_dir, cfg.test_images, path,
+                       cfg.progress, 'bf16')
+            bf16[who] = json.loads(Path(path).read_text())
     energy_json = os.path.join(out, 'energy', 'energy.json')
     os.makedirs(os.path.dirname(energy_json), exist_ok=True)
     stages.run('energy', energy_json, _energy, cfg, student, idx_dir, energy_json)
@@ -430,9 +440,17 @@ def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:
         energy_ratio=energy['energy_mj_per_image'] / teacher_energy if teacher_energy else None,
         student_mean_firing_rate=energy.get('mean_firing_rate'),
         hub_roundtrip_identical=published['identical_embeddings'], hub_dir=hub_dir,
-        seconds=sum(stages.times.values()), stage_seconds=dict(stages.times),
-        config=asdict(cfg), targets=TARGETS,
+        seconds=sum(v for k, v in stages.times.items() if not k.endswith('_bf16')),
+        stage_seconds=dict(stages.times), config=asdict(cfg), targets=TARGETS,
     )
+    if bf16:
+        summary['bf16_inference'] = dict(
+            teacher_top1=bf16['teacher']['top1'], student_top1=bf16['student']['top1'],
+            teacher_top1_change=bf16['teacher']['top1'] - zs_teacher['top1'],
+            student_top1_change=bf16['student']['top1'] - zs_student['top1'],
+            # the evaluations' own wall times (classifier + images), fp32 vs bf16 autocast
+            student_seconds_fp32=zs_student.get('seconds'), student_seconds_bf16=bf16['student'].get('seconds'),
+        )
     summary['targets_met'] = dict(
         top1=summary['top1_ratio'] >= TARGETS['top1_ratio_min'],
         energy=summary['energy_ratio'] is not None and summary['energy_ratio'] <= TARGETS['energy_ratio_max'],
@@ -462,6 +480,16 @@ def format_summary(s: Dict[str, Any]) -> str:
         + ', '.join(f'{k} {v:.0f}' for k, v in s['stage_seconds'].items()),
         f"hub round trip: identical embeddings = {s['hub_roundtrip_identical']}",
     ]
+    b = s.get('bf16_inference')
+    if b:
+        secs = ''
+        if b.get('student_seconds_fp32') and b.get('student_seconds_bf16'):
+            secs = (f"; student evaluation {b['student_seconds_fp32']:.0f} s fp32, "
+                    f"{b['student_seconds_bf16']:.0f} s bf16")
+        lines.insert(-2, f"{'bf16 autocast top-1':24}{100 * b['teacher_top1']:>15.2f}%"
+                         f"{100 * b['student_top1']:>15.2f}%   change vs fp32: teacher "
+                         f"{100 * b['teacher_top1_change']:+.2f}, student {100 * b['student_top1_change']:+.2f} "
+                         f"points{secs}")
     return '\n'.join(lines)
 
 
@@ -482,6 +510,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--precision', default=None, choices=('fp32', 'amp', 'amp_bf16', 'bf16'))
     p.add_argument('--lif-impl', default=None, choices=('auto', 'fused', 'spikingjelly'),
                    help='spiking neuron implementation (default auto: fused on CPU, spikingjelly on GPU)')
+    p.add_argument('--no-bf16-eval', dest='bf16_eval', action='store_false', default=None,
+                   help='skip the extra zero-shot evaluations under bf16 autocast')
     p.add_argument('--no-progress', action='store_true')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import time
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import torch
@@ -52,6 +53,19 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, mode in modes.items():
             m.training = mode
+
+
+PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+
+def autocast(device: Union[str, torch.device], precision: str = 'fp32'):
+    """The autocast context of a precision: 'fp32' (none), 'bf16' or 'fp16' (mixed precision on ``device``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'Unknown precision {precision!r}; choose one of {list(PRECISIONS)}')
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
 
 
 def check_inference_T(model_name: str, T: Optional[int]) -> Dict[str, Any]:
@@ -105,6 +119,7 @@ def build_classifier(
         device: Union[str, torch.device] = 'cpu',
         classes_per_batch: int = 10,
         progress: bool = False,
+        precision: str = 'fp32',
 ) -> torch.Tensor:
     """Class embeddings [embed_dim, num_classes]: per class, the normalised mean of its normalised prompt embeddings.
 
@@ -119,6 +134,7 @@ def build_classifier(
         device: Device the model is on.
         classes_per_batch: Classes encoded per forward pass.
         progress: Show a progress bar.
+        precision: 'fp32', or 'bf16' / 'fp16' autocast (the embeddings are returned as float32).
     """
     classnames = _as_list(classnames, get_classnames)
     templates = _as_list(templates, get_templates)
@@ -129,10 +145,11 @@ def build_classifier(
     bad = [t for t in templates if not isinstance(t, str) or t.count('{}') != 1]
     if bad:
         raise ValueError(f'Templates need exactly one {{}} where the class name goes, got {bad[:3]}')
-    with eval_mode(model):
-        return build_zero_shot_classifier(
+    with eval_mode(model), autocast(device, precision):
+        classifier = build_zero_shot_classifier(
             model, tokenizer, classnames, templates,
             num_classes_per_batch=classes_per_batch, device=device, use_tqdm=progress)
+    return classifier.float()
 
 
 @torch.no_grad()
@@ -142,12 +159,13 @@ def evaluate(
         classifier: torch.Tensor,
         device: Union[str, torch.device] = 'cpu',
         progress: bool = True,
-        amp: bool = False,
+        precision: str = 'fp32',
 ) -> Dict[str, Any]:
     """Top-1 / top-5 accuracy of ``normalize(encode_image(x)) @ classifier`` over a loader of (image, label).
 
     Counts are exact (not averaged per batch). With fewer than 5 classes, top5 counts the top min(5, C).
-    open_clip_train's ``zero_shot.accuracy`` is not used: it breaks with numpy >= 2.4.
+    open_clip_train's ``zero_shot.accuracy`` is not used: it breaks with numpy >= 2.4. ``precision`` 'bf16' or
+    'fp16' runs the image tower under autocast (logits in float32).
 
     Returns:
         dict(top1=fraction, top5=fraction, n=number of images).
@@ -156,14 +174,14 @@ def evaluate(
     k = min(5, num_classes)
     classifier = classifier.to(device)
     correct1 = correct5 = n = 0
-    autocast = torch.autocast(torch.device(device).type) if amp else contextlib.nullcontext()
+    cast = autocast(device, precision)
     with eval_mode(model):
         for images, target in tqdm(loader, desc='zero-shot', unit='batch', disable=not progress):
             images, target = images.to(device), torch.as_tensor(target).to(device)
             if target.numel() and (target.min() < 0 or target.max() >= num_classes):
                 raise ValueError(f'Label {int(target.max())} out of range for {num_classes} class embeddings; '
                                  f'the class names do not match the dataset')
-            with autocast:
+            with cast:
                 features = F.normalize(model.encode_image(images).float(), dim=-1)
             logits = features @ classifier.float()
             topk = logits.topk(k, dim=1).indices
@@ -197,6 +215,7 @@ def zeroshot(
         output: Optional[Union[str, os.PathLike]] = None,
         progress: bool = True,
         T: Optional[int] = None,
+        precision: str = 'fp32',
 ) -> Dict[str, Any]:
     """Build a model, its classifier from prompts, and evaluate it on a dataset.
 
@@ -216,12 +235,14 @@ def zeroshot(
         output: Write the result as JSON here.
         progress: Show progress bars.
         T: Time steps of both towers at evaluation (a SpikeCLIP with readout 'mean'); None: the model's own.
+        precision: 'fp32', or 'bf16' / 'fp16' autocast for both towers (weights stay float32).
 
     Returns:
-        dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates, T); T is None
-        for a model without time steps.
+        dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates, T, precision,
+        seconds); T is None for a model without time steps; seconds: the evaluation's wall time.
     """
     register_model_configs()
+    autocast(device, precision)  # an unknown precision fails before any work
     kwargs = check_inference_T(model_name, T)
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, **kwargs)
@@ -246,10 +267,13 @@ def zeroshot(
         data = Subset(data, range(min(int(limit), len(data))))
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
 
-    classifier = build_classifier(model, tokenizer, classnames, templates, device=device, progress=progress)
-    result = evaluate(model, loader, classifier, device=device, progress=progress)
+    start = time.perf_counter()
+    classifier = build_classifier(model, tokenizer, classnames, templates, device=device, progress=progress,
+                                  precision=precision)
+    result = evaluate(model, loader, classifier, device=device, progress=progress, precision=precision)
     result.update(model=model_name, pretrained=pretrained, dataset=dataset_name, split=split,
-                  num_classes=len(classnames), num_templates=len(templates), T=getattr(model, 'T', None))
+                  num_classes=len(classnames), num_templates=len(templates), T=getattr(model, 'T', None),
+                  precision=precision, seconds=time.perf_counter() - start)
     _logger.info('Zero-shot %s on %s: top-1 %.4f, top-5 %.4f (%d images)',
                  model_name, dataset_name, result['top1'], result['top5'], result['n'])
     if output is not None:
@@ -282,6 +306,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--output', default=None, help='write the result as JSON to this file')
     p.add_argument('--T', type=int, default=None,
                    help="time steps at evaluation (SpikeCLIP with readout 'mean'); default: the model's own")
+    p.add_argument('--precision', default='fp32', choices=list(PRECISIONS),
+                   help='fp32, or bf16 / fp16 autocast of both towers (default fp32)')
     p.add_argument('--no-progress', action='store_true', help='hide progress bars')
     return p
 
@@ -294,7 +320,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.model, args.pretrained, args.dataset, classnames=args.classnames, templates=args.templates,
             split=args.split, batch_size=args.batch_size, workers=args.workers, device=args.device,
             data_root=args.data_root, download=args.download, limit=args.limit, output=args.output,
-            progress=not args.no_progress, T=args.T)
+            progress=not args.no_progress, T=args.T, precision=args.precision)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f'spikeclip zeroshot: error: {e}', file=sys.stderr)
         return 2

@@ -45,19 +45,28 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert (out / 'summary.png').stat().st_size > 10_000
     assert (out / 'hub' / 'open_clip_model.safetensors').is_file() and (out / 'hub' / 'model.safetensors').is_file()
     assert set(summary['stage_seconds']) == {'data', 'teacher', 'align', 'dual', 'zeroshot_teacher',
-                                             'zeroshot_student', 'energy', 'publish'}
+                                             'zeroshot_student', 'zeroshot_teacher_bf16', 'zeroshot_student_bf16',
+                                             'energy', 'publish'}
+    # bf16 autocast inference: reported next to fp32, its time kept out of the run's time target
+    b = summary['bf16_inference']
+    assert b['student_top1_change'] == pytest.approx(b['student_top1'] - summary['student_top1'])
+    assert b['teacher_top1_change'] == pytest.approx(b['teacher_top1'] - summary['teacher_top1'])
+    assert json.loads((out / 'zeroshot_student_bf16.json').read_text())['precision'] == 'bf16'
+    assert summary['seconds'] == pytest.approx(sum(v for k, v in summary['stage_seconds'].items()
+                                                   if not k.endswith('_bf16')))
+    assert 'bf16 autocast top-1' in capsys.readouterr().out
 
     # A finished run: every stage is skipped and the summary is the same.
     capsys.readouterr()
     again = run_demo(cfg)
     log = capsys.readouterr().out
-    assert log.count('done already') == 8
+    assert log.count('done already') == 10
     assert again['student_top1'] == summary['student_top1'] and again['seconds'] == summary['seconds']
 
     # An interrupted stage 2 (its final weights missing, its epoch checkpoint kept) resumes instead of retraining,
     # and the later stages rerun on its output.
     (out / 'dual.safetensors').unlink()
-    for stale in ('zeroshot_student.json', 'energy/energy.json', 'publish.json'):
+    for stale in ('zeroshot_student.json', 'zeroshot_student_bf16.json', 'energy/energy.json', 'publish.json'):
         (out / stale).unlink()
     again = run_demo(cfg)
     log = capsys.readouterr().out

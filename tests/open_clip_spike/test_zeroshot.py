@@ -130,3 +130,22 @@ def test_cli_errors(tmp_path, capsys):
     rc = cli_main(['zeroshot', '--model', TINY, '--pretrained', str(tmp_path / 'missing.safetensors'),
                    '--dataset', str(FIXTURE), '--classnames', 'fashion_mnist', '--no-progress'])
     assert rc == 2 and 'missing.safetensors' in capsys.readouterr().err
+
+
+def test_bf16_autocast_stays_close_to_fp32(calibrated_tiny_model, tiny_tokenizer):
+    model = calibrated_tiny_model
+    names, templates = get_classnames('fashion_mnist'), ['a photo of a {}.']
+    ref = build_classifier(model, tiny_tokenizer, names, templates)
+    bf = build_classifier(model, tiny_tokenizer, names, templates, precision='bf16')
+    assert bf.dtype == torch.float32 and not torch.equal(bf, ref)  # it did run in bfloat16
+    assert F.cosine_similarity(bf, ref, dim=0).min() > 0.95
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), False)
+    data = IDXDataset(FIXTURE, 'test', transform=preprocess)
+    first = [data.targets.index(c) for c in range(10)]
+    images = torch.stack([data[i][0] for i in first])
+    with torch.no_grad():
+        clf = model.encode_image(images, normalize=True).T
+    loader = DataLoader(Subset(data, first), batch_size=5)
+    assert evaluate(model, loader, clf, progress=False, precision='bf16')['top1'] >= 0.9
+    with pytest.raises(ValueError, match="Unknown precision 'int8'"):
+        evaluate(model, loader, clf, progress=False, precision='int8')
