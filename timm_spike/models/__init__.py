@@ -1,2 +1,5 @@
 from .spikingformer import *
 from .spikformer import *
+from .spike_driven import *
+from .qkformer import *
+from .sew_resnet import *
