@@ -16,6 +16,7 @@ COMMANDS = {
     'push': ('open_clip_spike.hub', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),
     'sweep-t': ('open_clip_spike.sweep', 'zero-shot accuracy and energy per image at several T of one checkpoint: table, JSON, Pareto plot'),
     'paper': ('open_clip_spike.paper', 'steps of the paper recipes (recipes/paper/): data preparation, teacher, model selection, label evaluations'),
+    'ablate': ('open_clip_spike.ablate', "the paper's tower comparisons on the demo data: image tower x text tower x T, one table"),
     'bench': ('open_clip_spike.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
     'bench-cache': ('open_clip_spike.bench_cache', 'epoch time of distillation with the teacher-feature cache vs without'),
 }

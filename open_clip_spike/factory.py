@@ -10,6 +10,7 @@ therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextC
 ``"model_class": "SpikeCLIP"``.
 """
 import logging
+import os
 from pathlib import Path
 from typing import Callable, Dict, List
 
@@ -54,11 +55,24 @@ def _patch_open_clip_factory() -> None:
     _oc_factory.CustomTextCLIP = _build_custom_text_model
 
 
+CONFIG_PATH_ENV = 'SPIKECLIP_MODEL_CONFIGS'  # extra config folders/files, os.pathsep-separated
+
+
 def register_model_configs() -> None:
-    """Add open_clip_spike's model configs to open_clip's registry (idempotent) and install the factory patch."""
+    """Add open_clip_spike's model configs to open_clip's registry (idempotent) and install the factory patch.
+
+    Folders or JSON files named in ``$SPIKECLIP_MODEL_CONFIGS`` (separated by ``os.pathsep``) are registered
+    too, so configs written at run time (``spikeclip ablate``) reach every subprocess that imports the package.
+    """
     _patch_open_clip_factory()
     if MODEL_CONFIG_DIR not in _oc_factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
+    for extra in filter(None, os.environ.get(CONFIG_PATH_ENV, '').split(os.pathsep)):
+        path = Path(extra)
+        if not path.exists():
+            raise FileNotFoundError(f'${CONFIG_PATH_ENV} names {extra!r}, which does not exist')
+        if path not in _oc_factory._MODEL_CONFIG_PATHS:
+            open_clip.add_model_config(path)
 
 
 def list_spikeclip_models() -> List[str]:
