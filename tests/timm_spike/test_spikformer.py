@@ -86,6 +86,23 @@ def test_energy_report_counts_the_first_conv_as_macs():
     first = report.layers[0]
     assert first.sops == 0 and first.macs > 0  # real-valued image into the first conv
     assert report.T == 2 and report.energy_mj > 0
+    # the direct-encoded image is the same at every step: the first conv runs (and is counted) once, not T times
+    conv = model.patch_embed.stages[0].conv_bn.block[0]
+    assert first.macs == 32 * 32 * conv.out_channels * conv.in_channels * 9
+
+
+def test_first_conv_once_gives_the_same_outputs_and_gradients():
+    model = tiny().train()
+    x = torch.randn(3, 3, 32, 32)
+    twin = tiny().train()
+    twin.load_state_dict(model.state_dict())
+    out = model(x)  # [B, C, H, W]: expanded over T, the first conv runs once
+    ref = twin(x.unsqueeze(0).repeat(2, 1, 1, 1, 1))  # a real [T, B, ...] sequence: the conv runs T times
+    assert torch.allclose(out, ref, atol=1e-5)
+    out.sum().backward()
+    ref.sum().backward()
+    for (name, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
 
 
 def test_spikeclip_config_uses_spikformer():

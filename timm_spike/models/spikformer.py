@@ -21,6 +21,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..layers import LIFConfig, TemporalReadout
 from ..layers.time import check_time_steps, encode_direct
+from ._zoo import run_once_on_direct_input
 
 __all__ = ['Spikformer']
 
@@ -83,6 +84,8 @@ class Spikformer(nn.Module):
             in_channels=in_chans, embed_dims=embed_dim)
         self.blocks = nn.Sequential(*[SpikformerBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         functional.set_step_mode(self, 'm')
+        # the first conv + BN sees the same image at every step: compute it once (energy counted once)
+        run_once_on_direct_input(self.patch_embed.stages[0].conv_bn)
         self.readout = TemporalReadout(self.T, readout)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = self._make_head(num_classes)
