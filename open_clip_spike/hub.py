@@ -326,7 +326,7 @@ def _training_section(training: Optional[Mapping[str, Any]]) -> str:
 
 def _model_card(repo_id: Optional[str], model_name: str, architecture: str, T: Optional[int],
                 energy: Optional[Dict[str, Any]], zeroshot: Optional[Mapping[str, Any]],
-                training: Optional[Mapping[str, Any]], license: str) -> str:
+                training: Optional[Mapping[str, Any]], license: str, text_tower: str = 'a spiking MLP') -> str:
     from huggingface_hub import ModelCardData
 
     card_data = ModelCardData(
@@ -339,7 +339,7 @@ def _model_card(repo_id: Optional[str], model_name: str, architecture: str, T: O
 
 SpikeCLIP ([Lv et al., 2023](https://arxiv.org/abs/2310.06488)): a CLIP whose image and text encoders are spiking
 neural networks (spikingjelly LIF neurons, T = {T} time steps). The image encoder is the timm model
-`{architecture}`; the text encoder is a spiking MLP. Images and prompts map into one embedding space for
+`{architecture}`; the text encoder is {text_tower}. Images and prompts map into one embedding space for
 zero-shot classification. Published with spikeclip (`timm_spike` for timm, `open_clip_spike` for open_clip).
 
 ## How to load
@@ -523,7 +523,10 @@ def write_hub_folder(
 
         if energy is not None:
             (tmp / ENERGY_REPORT).write_text(json.dumps(energy, indent=2) + '\n')
-        card = _model_card(repo_id, model_name, architecture, T, energy, zeroshot_results, training, license)
+        text_arch = (model_cfg.get('text_cfg') or {}).get('arch', 'mlp')
+        text_tower = 'a spiking transformer' if text_arch == 'transformer' else 'a spiking MLP'
+        card = _model_card(repo_id, model_name, architecture, T, energy, zeroshot_results, training, license,
+                           text_tower=text_tower)
         (tmp / MODEL_CARD).write_text(card, encoding='utf-8')
         if verify:
             _verify_folder(tmp, model, tower)

@@ -217,6 +217,13 @@ def test_write_hub_folder_layout_metadata_and_card(data, tmp_path):
     assert f'{0.0861 / 0.0123:.2f}x' in card.text and f'{0.91 / 0.0123:.1f}x' in card.text
     assert '| fashion-mnist | 0.4125 | 0.8875 |' in card.text
     assert '**teacher**: ViT-B-16 openai' in card.text and '`blocks.0.mlp.fc1_conv`' in card.text
+    assert 'the text encoder is a spiking MLP' in card.text
+
+
+def test_card_names_a_transformer_text_tower(tmp_path):
+    model = open_clip.create_model('SpikeCLIP-Tiny-TextTransformer')
+    folder = hub.write_hub_folder(tmp_path / 'repo', model, 'SpikeCLIP-Tiny-TextTransformer', verify=False)
+    assert 'the text encoder is a spiking transformer' in (folder / 'README.md').read_text()
 
 
 def test_folder_loads_in_both_libraries_with_identical_embeddings(data, tmp_path):
