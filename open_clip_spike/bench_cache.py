@@ -77,6 +77,8 @@ def bench_teacher_cache(
         workers: int = 1,
         teacher_pretrained: Optional[str] = None,
         timeout: float = 3600,
+        device: str = 'cpu',
+        precision: str = 'fp32',
 ) -> Dict[str, Any]:
     """Time ``epochs`` epochs of stage 1 without and with the teacher cache; return the per-epoch figures."""
     if epochs < 2:
@@ -86,8 +88,8 @@ def bench_teacher_cache(
     common = [
         '--model', spec['student'], '--distill-model', spec['teacher'], '--distill-pretrained', weights,
         '--train-data', csv, '--dataset-type', 'csv', '--csv-img-key', 'filepath', '--csv-caption-key', 'title',
-        '--batch-size', str(batch_size), '--workers', str(workers), '--epochs', str(epochs), '--device', 'cpu',
-        '--precision', 'fp32', '--lr', '5e-3', '--warmup', '0', '--report-to', 'none', '--save-frequency', '0',
+        '--batch-size', str(batch_size), '--workers', str(workers), '--epochs', str(epochs), '--device', device,
+        '--precision', precision, '--lr', '5e-3', '--warmup', '0', '--report-to', 'none', '--save-frequency', '0',
         '--spike-logs', os.path.join(work, 'logs'), '--log-every-n-steps', '1000']
     runs = {}
     for variant in ('no_cache', 'cache'):
@@ -101,6 +103,7 @@ def bench_teacher_cache(
     steady_plain, steady_cached = statistics.median(plain[1:]), statistics.median(cached[1:])
     return dict(
         pair=pair, teacher=spec['teacher'], student=spec['student'], epochs=epochs, batch_size=batch_size,
+        device=device, precision=precision,
         epoch_s_no_cache=plain, epoch_s_cache=cached, cache_stats=[r.get('teacher_cache') for r in runs['cache']],
         ratio=steady_cached / steady_plain, fill_ratio=cached[0] / plain[0],
     )
@@ -137,11 +140,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--workers', type=int, default=1)
     p.add_argument('--data', default=None, help='folder with Fashion-MNIST IDX files (default: Debian\'s package)')
     p.add_argument('--teacher-pretrained', default=None, help='teacher weights (tag or file) for every pair')
+    p.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    p.add_argument('--precision', default='fp32', help="open_clip_train's --precision (e.g. amp_bf16)")
     p.add_argument('--out', default='bench-results/cache', help='folder for bench-cache.md and bench-cache.json')
     p.add_argument('--work', default=None, help='scratch folder (default: a temporary one, removed)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    os.environ.setdefault('TIMM_SPIKE_LIF_IMPL', 'fused')  # the fused CPU neuron, as the demo uses
+    os.environ.setdefault('TIMM_SPIKE_LIF_IMPL', 'auto')  # fused on the CPU, spikingjelly's kernels on CUDA
 
     load_before = os.getloadavg()
     wall0 = time.time()
@@ -152,9 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                   limit=args.images)
         rows = [bench_teacher_cache(pair, csv, work, epochs=args.epochs, batch_size=args.batch_size,
                                     threads=args.threads, workers=args.workers,
-                                    teacher_pretrained=args.teacher_pretrained) for pair in args.pairs]
+                                    teacher_pretrained=args.teacher_pretrained, device=args.device,
+                                    precision=args.precision) for pair in args.pairs]
     load_after = os.getloadavg()
-    result = dict(machine=machine_info(args.threads, 'cpu'), images=args.images, wall_s=time.time() - wall0,
+    result = dict(machine=machine_info(args.threads, args.device), images=args.images, wall_s=time.time() - wall0,
                   load=dict(before=[round(x, 2) for x in load_before], after=[round(x, 2) for x in load_after],
                             under_load=load_before[0] > 0.5),
                   rows=rows)

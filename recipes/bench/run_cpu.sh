@@ -7,3 +7,5 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 uptime || true
 "$PY" -m open_clip_spike.bench --out bench-results/cpu --threads 2 --batch-size 32 "$@"
+# Teacher-feature cache: stage-1 epoch time with the cache / without, demo and paper teacher -> bench-results/cache/
+"$PY" -m open_clip_spike.bench_cache --out bench-results/cache --threads 2
