@@ -19,18 +19,15 @@ from spikingjelly.activation_based.model.spikformer import SpikformerBlock, Spik
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers import LIFConfig, TemporalReadout
-from ..layers.time import check_time_steps, encode_direct
-from ._zoo import run_once_on_direct_input
+from ..layers import LIFConfig
+from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, check_zoo_lif, run_once_on_direct_input
 
 __all__ = ['Spikformer']
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
-
-class Spikformer(nn.Module):
+class Spikformer(ZooSpikingNet):
     """Spikformer with timm's model API; time-major features [T, B, C, H, W] like ``Spikingformer``."""
+    family = 'spikformer'
 
     def __init__(
             self,
@@ -65,90 +62,26 @@ class Spikformer(nn.Module):
             drop_rate: Dropout before the head.
         """
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
-        if LIFConfig.from_any(lif_cfg) != LIFConfig():
-            raise ValueError('spikformer uses the LIF neurons of spikingjelly\'s model zoo (tau 2, threshold 1, '
-                             'Sigmoid surrogate); lif_cfg cannot change them: use a spikingformer_* model for '
-                             'other LIF parameters')
-        self.T = check_time_steps(T)
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if any(s % patch_size or s < patch_size for s in self.img_size):
-            raise ValueError(f'img_size {self.img_size} must be a multiple of patch_size {patch_size}')
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        check_zoo_lif(lif_cfg, 'spikformer')
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if any(s % patch_size or s < patch_size for s in size):
+            raise ValueError(f'img_size {size} must be a multiple of patch_size {patch_size}')
+        self.embed_dim = embed_dim
         self.patch_embed = SpikformerPatchStem(
-            img_size_h=self.img_size[0], img_size_w=self.img_size[1], patch_size=patch_size,
-            in_channels=in_chans, embed_dims=embed_dim)
+            img_size_h=size[0], img_size_w=size[1], patch_size=patch_size, in_channels=in_chans,
+            embed_dims=embed_dim)
         self.blocks = nn.Sequential(*[SpikformerBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
         functional.set_step_mode(self, 'm')
         # the first conv + BN sees the same image at every step: compute it once (energy counted once)
         run_once_on_direct_input(self.patch_embed.stages[0].conv_bn)
-        self.readout = TemporalReadout(self.T, readout)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        if num_classes and not self.global_pool:
-            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
-        head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(head, nn.Linear):
-            nn.init.trunc_normal_(head.weight, std=.02)
-            nn.init.zeros_(head.bias)
-        return head
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'readout.logits'}
+        self._init_api(img_size, in_chans, num_classes, global_pool, embed_dim, T, readout, drop_rate)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^patch_embed', blocks=r'^blocks\.(\d+)')
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        if enable:
-            raise NotImplementedError('spikformer cannot checkpoint its blocks: spikingjelly\'s stateful neurons '
-                                      'would recompute from the wrong membrane potential')
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> [T, B, D, H', W']."""
-        if x.ndim == 4:
-            x = encode_direct(x, self.T)
-        elif x.ndim != 5:
-            raise ValueError(f'Expected [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}')
-        if tuple(x.shape[-2:]) != self.img_size or x.shape[2] != self.in_chans:
-            raise ValueError(f'Input {tuple(x.shape)} does not match the model input '
-                             f'{self.in_chans}x{self.img_size[0]}x{self.img_size[1]}; resize the images')
-        # spikingjelly's LIFNode keeps its potential between calls: start every forward from rest
-        functional.reset_net(self)
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.patch_embed(x))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            x = x.flatten(3).mean(3)  # T B C
-            x = self.readout(x)
-        else:
-            x = x.mean(0)  # unpooled maps averaged over time, [B, C, H, W]
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _create_spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
