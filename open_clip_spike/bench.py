@@ -17,7 +17,7 @@ own mapping and freed memory leaves the resident set; this agrees with the torch
 timeline to within 1% and costs nothing during the step. On CUDA it is ``torch.cuda.max_memory_allocated``.
 """
 import argparse
-import copy
+import contextlib
 import gc
 import json
 import logging
@@ -35,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from timm_spike.layers import StatelessLIFNode, is_spiking_neuron, set_lif_impl
+from timm_spike.layers import StatelessLIFNode
 from timm_spike.layers.fused_lif import fused_compile_enabled
 
 __all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'peak_train_memory', 'peak_train_memory_many',
@@ -45,6 +45,15 @@ _logger = logging.getLogger(__name__)
 
 MODELS = ('spikingformer_clip', 'text', 'SpikeCLIP-Spikingformer-4-384')
 ANN = 'ann'  # the variant with every neuron replaced by an identity, run at T=1
+BF16 = '+bf16'  # impl suffix: the variant runs under bf16 autocast (e.g. 'fused+bf16'); the ANN stays fp32
+IMPLS = ('fused', 'spikingjelly', 'auto')
+
+
+def _split_impl(impl: str) -> Tuple[str, Any]:
+    """'fused+bf16' -> ('fused', bf16 autocast context factory); 'fused' -> ('fused', nullcontext)."""
+    if impl.endswith(BF16):
+        return impl[:-len(BF16)], lambda device: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return impl, lambda device: contextlib.nullcontext()
 
 # --quick: seconds-long smoke run with tiny versions of the same models.
 QUICK_KWARGS = {
@@ -61,7 +70,8 @@ class BenchConfig:
     Args:
         models: Models to run (see ``MODELS``).
         T_values: Time steps to measure the SNN at.
-        impls: Neuron implementations ('fused', 'spikingjelly', 'auto').
+        impls: Neuron implementations ('fused', 'spikingjelly', 'auto'); with a '+bf16' suffix (e.g.
+            'fused+bf16') the variant runs under bf16 autocast, its overhead still against the fp32 ANN.
         batch_size: Batch of the training step and of the throughput measurement.
         repeats: Timed calls per variant (interleaved); the median is reported.
         warmup: Untimed calls per variant first (the first call of a fused variant compiles it).
@@ -285,19 +295,25 @@ def bench_model(name: str, cfg: BenchConfig) -> List[Dict[str, Any]]:
     batch, single = make_input(cfg.batch_size), make_input(1)
 
     def train_call(T, impl):
+        base, cast = _split_impl(impl)
+
         def call():
-            variants.set(T, impl)
+            variants.set(T, base)
             model.train()
             opt.zero_grad(set_to_none=True)
-            loss_fn(model(*batch)).backward()
+            with cast(device):
+                loss = loss_fn(model(*batch))
+            loss.backward()
             opt.step()
         return call
 
     def infer_call(T, impl, inputs):
+        base, cast = _split_impl(impl)
+
         def call():
-            variants.set(T, impl)
+            variants.set(T, base)
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), cast(device):
                 model(*inputs)
         return call
 
@@ -332,7 +348,7 @@ def bench_neuron(cfg: BenchConfig, T: int = 4, numel: Optional[int] = None) -> L
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(T, numel, generator=g) * 1.5 + 0.5).to(cfg.device).requires_grad_()
     grad = torch.ones_like(x)
-    lifs = {impl: create_lif(impl=impl) for impl in cfg.impls}
+    lifs = {impl: create_lif(impl=impl) for impl in dict.fromkeys(_split_impl(i)[0] for i in cfg.impls)}
 
     def fwd_bwd(lif):
         def call():
@@ -375,8 +391,9 @@ def _probe_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_flush_denormal(bool(spec.get('flush_denormal', True)))
     device = spec.get('device', 'cpu')
     torch.manual_seed(0)  # the same weights for every spec, so gradients can be compared across specs
+    impl, cast = _split_impl(spec['impl'])
     model, make_input, loss_fn = build_bench_model(
-        spec['model'], spec['T'], spec['impl'], spec['batch_size'], spec.get('quick', False), device,
+        spec['model'], spec['T'], impl, spec['batch_size'], spec.get('quick', False), device,
         spec.get('model_kwargs'))
     if spec.get('grad_checkpointing'):
         model.set_grad_checkpointing(True)
@@ -386,7 +403,9 @@ def _probe_memory(spec: Dict[str, Any]) -> Dict[str, Any]:
 
     def step():
         opt.zero_grad(set_to_none=False)  # gradients and optimizer state exist before the measured step
-        loss_fn(model(*batch)).backward()
+        with cast(device):
+            loss = loss_fn(model(*batch))
+        loss.backward()
         opt.step()
         _sync(device)
 
@@ -571,14 +590,17 @@ def to_markdown(result: Dict[str, Any]) -> str:
                   '| peak train MB | memory vs ANN | ckpt MB (cut) |',
                   '|---|---|---|---|---|---|---|---|---|---|']
         for r in rows:
-            variant = 'ANN (identity neurons)' if r['impl'] == ANN else f"SNN, {r['impl']} LIF"
+            base = _split_impl(r['impl'])[0]
+            variant = 'ANN (identity neurons)' if r['impl'] == ANN else \
+                f"SNN, {base} LIF{', bf16 autocast' if base != r['impl'] else ''}"
             ck = (f"{_fmt(r['peak_train_ckpt_mb'], '.0f')} ({100 * r['ckpt_memory_cut']:.0f}%)"
                   if r.get('ckpt_memory_cut') is not None else '-')
             lines.append(
                 f"| {variant} | {r['T']} | {_fmt(r['train_img_s'], '.1f')} | {_fmt(r['train_overhead'])} "
                 f"| {_fmt(r['infer_img_s'], '.1f')} | {_fmt(r['infer_overhead'])} | {_fmt(r['latency_b1_ms'], '.1f')} "
                 f"| {_fmt(r.get('peak_train_mb'), '.0f')} | {_fmt(r.get('memory_vs_ann'))} | {ck} |")
-        fused_first = [max(0.0, r['first_train_call_s'] - r['train_s']) for r in rows if r['impl'] in ('fused', 'auto')]
+        fused_first = [max(0.0, r['first_train_call_s'] - r['train_s']) for r in rows
+                       if _split_impl(r['impl'])[0] in ('fused', 'auto')]
         if fused_first:
             lines.append('')
             lines.append(f'First-call extra time of the fused variants (compilation, paid once per process and '
@@ -607,7 +629,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--quick', action='store_true', help='tiny models, seconds: check that the suite runs')
     p.add_argument('--models', nargs='+', default=None, help=f'subset of {list(MODELS)}')
     p.add_argument('--T', type=int, nargs='+', default=None, dest='T_values', help='time steps (default 1 2 4 8)')
-    p.add_argument('--impls', nargs='+', default=None, choices=['fused', 'spikingjelly', 'auto'])
+    p.add_argument('--impls', nargs='+', default=None, choices=list(IMPLS) + [i + BF16 for i in IMPLS],
+                   help='neuron implementations; a +bf16 suffix runs that variant under bf16 autocast')
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--repeats', type=int, default=None)
     p.add_argument('--threads', type=int, default=None, help='torch threads (default 2)')

@@ -74,3 +74,15 @@ def test_bench_cache_runs_both_variants_and_reports_the_ratio(tmp_path):
     assert hit['hits']['image'] == 16
     md = (out / 'bench-cache.md').read_text()
     assert 'cache ratio' in md and f'{row["ratio"]:.2f}' in md
+
+
+def test_bf16_variants_run_under_autocast(tmp_path):
+    out = tmp_path / 'bench'
+    assert bench.main(['--quick', '--models', 'text', '--T', '2', '--impls', 'fused', 'fused+bf16',
+                       '--repeats', '1', '--no-memory', '--out', str(out)]) == 0
+    rows = json.loads((out / 'bench.json').read_text())['rows']
+    assert [(r['T'], r['impl']) for r in rows] == [(1, 'ann'), (2, 'fused'), (2, 'fused+bf16')]
+    assert all(r['train_img_s'] > 0 and r['infer_img_s'] > 0 for r in rows)
+    assert '| SNN, fused LIF, bf16 autocast | 2 |' in (out / 'bench.md').read_text()
+    with pytest.raises(SystemExit):
+        bench.main(['--quick', '--impls', 'fused+fp8', '--out', str(out)])
