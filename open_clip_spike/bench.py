@@ -36,6 +36,7 @@ import torch
 import torch.nn as nn
 
 from timm_spike.layers import StatelessLIFNode
+from timm_spike.energy.report import atomic_write
 from timm_spike.layers.fused_lif import fused_compile_enabled
 
 __all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'peak_train_memory', 'peak_train_memory_many',
@@ -616,10 +617,7 @@ def _fmt_load(v):
 
 
 def _write_atomic(path: str, text: str):
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text.encode())
 
 
 def main(argv: Optional[List[str]] = None) -> int:
