@@ -74,8 +74,11 @@ HAS_CXX = any(shutil.which(c) for c in (os.environ.get('CXX', ''), 'g++', 'clang
 @pytest.mark.skipif(not HAS_CXX, reason='torch.compile on the CPU needs a C++ compiler (eager fallback tested below)')
 @pytest.mark.parametrize('cfg', [LIFConfig(), LIFConfig(v_reset=None, detach_reset=False, decay_input=False,
                                                           surrogate='atan', v_threshold=0.5)])
-def test_compiled_matches_spikingjelly(cfg):
-    # The compiled kernel (the one users get), for both reset kinds and both charge equations.
+def test_compiled_matches_spikingjelly(cfg, monkeypatch):
+    # The compiled kernel (the one users get), for both reset kinds and both charge equations. A compile failure
+    # earlier in this process (e.g. a cache race with another process compiling) switches the process to eager;
+    # start this test from a clean state so it tests compiling itself.
+    monkeypatch.setattr(fused_lif, '_compile_failed', False)
     assert fused_lif.fused_compile_enabled()
     x, up = _inputs((4, 2, 16, 40))
     s_ref, g_ref = _reference(x, up, cfg)
