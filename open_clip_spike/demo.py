@@ -25,13 +25,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from timm_spike.energy.report import atomic_write
+from timm_spike.energy.report import atomic_path, atomic_write
 
 __all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'main']
 
@@ -220,9 +220,8 @@ def _train(cfg: DemoConfig, runs: str, name: str, module_args: List[str], model:
     if last is None or int(Path(last).stem.split('_')[1]) < epochs:
         raise DemoError(f'{desc}: no checkpoint of epoch {epochs} in {run_dir}/checkpoints; see {cfg.out}/{name}.log')
     exported = export_checkpoint(last)  # weights only, no pickle, for every later stage
-    tmp = final + '.tmp'
-    shutil.copyfile(exported, tmp)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        shutil.copyfile(exported, tmp)
     return final
 
 
@@ -231,23 +230,61 @@ def _train(cfg: DemoConfig, runs: str, name: str, module_args: List[str], model:
 
 
 class _Stages:
-    """Stage bookkeeping: skip finished stages, time the others, persist the times in OUT/stages.json."""
+    """Stage bookkeeping: skip finished stages, time the others, persist them in OUT/stages.json.
+
+    Each stage records the settings its output depends on, and the finish time of the stages it reads. A rerun
+    skips a stage only when its output exists and both still match, so changing e.g. ``--test-images`` reruns
+    the evaluations, and a retrained stage reruns everything after it. A training stage is resumable
+    (``--resume latest`` from its epoch checkpoints), so its checkpoints must come from the same settings: a
+    change there is refused with the differences listed rather than resumed into a mixed run.
+    """
 
     def __init__(self, out: str):
+        self.out = out
         self.path = os.path.join(out, 'stages.json')
-        self.times: Dict[str, float] = json.loads(Path(self.path).read_text()) if os.path.exists(self.path) else {}
+        raw = json.loads(Path(self.path).read_text()) if os.path.exists(self.path) else {}
+        # before 2026-12: {name: seconds}, no settings recorded (trusted as they are)
+        self.records: Dict[str, Dict[str, Any]] = {
+            k: (v if isinstance(v, dict) else {'seconds': v, 'key': None, 'finished': 0.0}) for k, v in raw.items()}
 
-    def run(self, name: str, output: str, fn, *args, **kwargs):
-        if os.path.exists(output) and name in self.times:
+    @property
+    def times(self) -> Dict[str, float]:
+        return {k: r['seconds'] for k, r in self.records.items() if r.get('seconds') is not None}
+
+    def _key(self, settings: Dict[str, Any], after: Sequence[str]) -> Dict[str, Any]:
+        key = json.loads(json.dumps(settings, default=str))  # as it reads back from stages.json
+        for name in after:
+            key[f'after {name}'] = self.records.get(name, {}).get('finished')
+        return key
+
+    def _save(self):
+        _write_json(self.path, self.records)
+
+    def run(self, name: str, output: str, fn, *args, settings: Optional[Dict[str, Any]] = None,
+            after: Sequence[str] = (), resumable: bool = False, **kwargs):
+        key = self._key(settings or {}, after)
+        rec = self.records.get(name)
+        old = None if rec is None else rec.get('key')
+        same = rec is not None and (old is None or old == key)
+        if same and rec.get('seconds') is not None and os.path.exists(output):
             _logger.info('stage %s: done already (%s), skipped', name, output)
-            print(f'[{name}] done already ({output}, {self.times[name]:.0f} s), skipped')
+            print(f'[{name}] done already ({output}, {rec["seconds"]:.0f} s), skipped')
             return output
+        if rec is not None and not same and resumable:
+            diff = ', '.join(f'{k}: {old.get(k)!r} -> {key.get(k)!r}' for k in sorted(set(old) | set(key))
+                             if old.get(k) != key.get(k))
+            raise DemoError(
+                f'stage {name} in {self.out} was run with other settings ({diff}); its checkpoints cannot be '
+                f'resumed with these. Use a new --out, or delete {os.path.join(self.out, "runs", name)} and '
+                f'{output} to train it again')
+        self.records[name] = dict(key=key, seconds=None, finished=None)  # started: its settings are now bound
+        self._save()
         t0 = time.time()
         print(f'[{name}] ...', flush=True)
         result = fn(*args, **kwargs)
-        self.times[name] = time.time() - t0
-        _write_json(self.path, self.times)
-        print(f'[{name}] done in {self.times[name]:.1f} s', flush=True)
+        self.records[name].update(seconds=time.time() - t0, finished=time.time())
+        self._save()
+        print(f'[{name}] done in {self.records[name]["seconds"]:.1f} s', flush=True)
         return result
 
 
@@ -352,10 +389,9 @@ def _plot_summary(summary: Dict[str, Any], energy: Dict[str, Any], path: str) ->
     axes[2].set_ylabel('firing rate (spikes / neuron / step)')
     axes[2].set_title('student image tower: firing rate per neuron layer')
     fig.tight_layout()
-    tmp = path + '.tmp.png'
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
@@ -382,8 +418,16 @@ def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     runs = os.path.join(out, 'runs')
     idx_dir = find_fashion_mnist(cfg.data, download_root=os.path.join(out, 'torchvision'))
     data_dir = os.path.join(out, 'data')
+    # What each stage's output depends on (besides the stages it reads, listed in ``after``).
+    c = asdict(cfg)
+    common = {k: c[k] for k in ('batch_size', 'precision', 'seed', 'extra_train_args')}
+    teacher_id = dict(teacher=cfg.teacher, teacher_pretrained=cfg.teacher_pretrained)
+    teacher_after = () if cfg.teacher_pretrained else ('teacher',)
+    student_train = dict(common, **teacher_id, student=cfg.student, lif_impl=cfg.lif_impl,
+                         rate_weight=cfg.rate_weight, rate_target=cfg.rate_target)
     csv = stages.run('data', os.path.join(data_dir, 'train.csv'), write_captioned_csv,
-                     idx_dir, 'train', data_dir, cfg.train_images, cfg.seed)
+                     idx_dir, 'train', data_dir, cfg.train_images, cfg.seed,
+                     settings=dict(data=idx_dir, train_images=cfg.train_images, seed=cfg.seed))
     n_train = sum(1 for _ in open(csv)) - 1
 
     py = sys.executable
@@ -393,38 +437,50 @@ def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:
         teacher_ckpt = stages.run(
             'teacher', os.path.join(out, 'teacher.safetensors'), _train, cfg, runs, 'teacher',
             [py, '-c', _OPEN_CLIP_TRAIN], cfg.teacher, csv, cfg.teacher_epochs, cfg.teacher_lr, n_train,
-            'stage 0: teacher (open_clip loop)', wd=cfg.teacher_wd)
+            'stage 0: teacher (open_clip loop)', wd=cfg.teacher_wd,
+            settings=dict(common, teacher=cfg.teacher, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
+                          wd=cfg.teacher_wd), after=('data',), resumable=True)
     distill = ['--distill-model', cfg.teacher, '--distill-pretrained', teacher_ckpt]
     if cfg.rate_weight:
         distill += ['--spike-rate-weight', str(cfg.rate_weight), '--spike-rate-target', str(cfg.rate_target)]
     align = stages.run(
         'align', os.path.join(out, 'align.safetensors'), _train, cfg, runs, 'align',
         [py, '-m', 'open_clip_spike.train', '--spike-loss', 'align'] + distill,
-        cfg.student, csv, cfg.align_epochs, cfg.align_lr, n_train, 'stage 1: alignment pre-training')
+        cfg.student, csv, cfg.align_epochs, cfg.align_lr, n_train, 'stage 1: alignment pre-training',
+        settings=dict(student_train, epochs=cfg.align_epochs, lr=cfg.align_lr),
+        after=('data',) + teacher_after, resumable=True)
     student = stages.run(
         'dual', os.path.join(out, 'dual.safetensors'), _train, cfg, runs, 'dual',
         [py, '-m', 'open_clip_spike.train', '--spike-loss', 'dual', '--spike-classnames', CLASSNAMES,
          '--spike-templates', CLASSNAMES, '--kl-weight', str(cfg.kl_weight), '--pretrained', align] + distill,
-        cfg.student, csv, cfg.dual_epochs, cfg.dual_lr, n_train, 'stage 2: dual-loss fine-tuning')
+        cfg.student, csv, cfg.dual_epochs, cfg.dual_lr, n_train, 'stage 2: dual-loss fine-tuning',
+        settings=dict(student_train, epochs=cfg.dual_epochs, lr=cfg.dual_lr, kl_weight=cfg.kl_weight),
+        after=('data', 'align') + teacher_after, resumable=True)
 
+    test = dict(test_images=cfg.test_images, data=idx_dir)
     zs_t = stages.run('zeroshot_teacher', os.path.join(out, 'zeroshot_teacher.json'), _zeroshot, cfg.teacher,
-                      teacher_ckpt, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_teacher.json'), cfg.progress)
+                      teacher_ckpt, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_teacher.json'), cfg.progress,
+                      settings=dict(test, **teacher_id), after=teacher_after)
     zs_s = stages.run('zeroshot_student', os.path.join(out, 'zeroshot_student.json'), _zeroshot, cfg.student,
-                      student, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_student.json'), cfg.progress)
+                      student, idx_dir, cfg.test_images, os.path.join(out, 'zeroshot_student.json'), cfg.progress,
+                      settings=dict(test, lif_impl=cfg.lif_impl), after=('dual',))
     bf16 = {}
     if cfg.bf16_eval:
         for who, model, ckpt in (('teacher', cfg.teacher, teacher_ckpt), ('student', cfg.student, student)):
             path = os.path.join(out, f'zeroshot_{who}_bf16.json')
             stages.run(f'zeroshot_{who}_bf16', path, _zeroshot, model, ckpt, idx_dir, cfg.test_images, path,
-                       cfg.progress, 'bf16')
+                       cfg.progress, 'bf16', settings=dict(test, **teacher_id, lif_impl=cfg.lif_impl),
+                       after=teacher_after if who == 'teacher' else ('dual',))
             bf16[who] = json.loads(Path(path).read_text())
     energy_json = os.path.join(out, 'energy', 'energy.json')
     os.makedirs(os.path.dirname(energy_json), exist_ok=True)
-    stages.run('energy', energy_json, _energy, cfg, student, idx_dir, energy_json)
+    stages.run('energy', energy_json, _energy, cfg, student, idx_dir, energy_json,
+               settings=dict(energy_images=cfg.energy_images, data=idx_dir, **teacher_id), after=('dual',))
     zs_teacher, zs_student = (json.loads(Path(p).read_text()) for p in (zs_t, zs_s))
     hub_dir = os.path.join(out, 'hub')
     publish_json = os.path.join(out, 'publish.json')
-    stages.run('publish', publish_json, _publish, cfg, student, energy_json, zs_student, hub_dir, publish_json)
+    stages.run('publish', publish_json, _publish, cfg, student, energy_json, zs_student, hub_dir, publish_json,
+               after=('dual', 'energy', 'zeroshot_student'))
     published = json.loads(Path(publish_json).read_text())
 
     energy = json.loads(Path(energy_json).read_text())

@@ -28,7 +28,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -38,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+
+from timm_spike.energy.report import atomic_path, atomic_write
 
 from .data import CLASSNAMES, TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 
@@ -69,17 +70,7 @@ def _atomic_dir(final: Path) -> Path:
 
 
 def _write_text(path: PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8', newline='') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(str(path), text.encode('utf-8'))
 
 
 def _csv_text(rows: Sequence[Sequence[str]]) -> str:
@@ -355,14 +346,8 @@ def select_best_epoch(run_dir: PathLike, metric: str = 'zeroshot-val-top1',
     best = max(scores, key=lambda e: (scores[e], e))
     src = ckpt / f'epoch_{best}.safetensors'
     dst = Path(output) if output else ckpt / 'best.safetensors'
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix='.best-', suffix='.tmp')
-    os.close(fd)
-    try:
+    with atomic_path(str(dst)) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return dict(epoch=best, metric=metric, value=scores[best], checkpoint=str(dst), candidates=scores)
 
 

@@ -21,9 +21,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
-from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, encode_direct
+from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, encode_direct
 from timm_spike.models.spikingformer import SpikingformerBlock
 from .text import init_embeddings_from_teacher
 
@@ -208,7 +207,7 @@ class SpikingTextTransformer(nn.Module):
         x = encode_direct(x, self.T)
         for block in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint_module(block, x)
             else:
                 x = block(x)
         return x

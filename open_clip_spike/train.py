@@ -60,6 +60,7 @@ from torch import nn
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
 from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
 from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
+from timm_spike.energy.report import atomic_path
 
 __all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'export_checkpoint', 'main',
            'resolve_classnames_templates']
@@ -623,13 +624,8 @@ def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
     meta = {'format': 'pt', 'source': os.path.basename(checkpoint)}
     if isinstance(ckpt, dict) and 'epoch' in ckpt:
         meta['epoch'] = str(ckpt['epoch'])
-    tmp = output + '.tmp'
-    try:
+    with atomic_path(output) as tmp:
         save_file(sd, tmp, metadata=meta)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return output
 
 

@@ -52,6 +52,12 @@ def test_ann_variant_and_errors():
         assert torch.allclose(snn.eval()(*x), ann.eval()(*x), atol=1e-6)
     v.set(2, 'fused')
     assert snn.T == 2 and sum(is_spiking_neuron(m) for m in snn.modules()) == 11
+    # the whole SpikeCLIP model (both towers; its T is a read-only property following the towers')
+    ann, make_input, loss_fn = bench.build_bench_model('SpikeCLIP-Spikingformer-4-384', 1, 'ann', 2, quick=True)
+    assert not any(is_spiking_neuron(m) for m in ann.modules())
+    assert ann.T == ann.text.T == ann.visual.trunk.T == 1
+    out = ann(*make_input(2))
+    assert out['image_features'].shape == out['text_features'].shape and loss_fn(out).ndim == 0
     with pytest.raises(ValueError, match='Unknown benchmark model'):
         bench.build_bench_model('resnet50', 1, 'fused', 2)
     with pytest.raises(SystemExit):

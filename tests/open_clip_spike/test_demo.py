@@ -1,11 +1,12 @@
 """The offline demo end to end (``--quick`` on the committed Fashion-MNIST subset) and its resumption."""
+import dataclasses
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from open_clip_spike.demo import DemoConfig, find_fashion_mnist, main, run_demo, write_captioned_csv
+from open_clip_spike.demo import DemoConfig, DemoError, find_fashion_mnist, main, run_demo, write_captioned_csv
 
 FIXTURE = str(Path(__file__).parents[1] / 'fixtures' / 'fashion_mnist')
 SUMMARY_KEYS = {'teacher_top1', 'student_top1', 'teacher_energy_mj', 'student_energy_mj', 'seconds'}
@@ -73,6 +74,18 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert '[dual] done in' in log and '[teacher] done already' in log and '[align] done already' in log
     assert '--resume latest' in (out / 'dual.log').read_text()
     assert again['student_top1'] == summary['student_top1']
+
+    # Other evaluation settings rerun the evaluations (and what reads them), not the training stages.
+    capsys.readouterr()
+    fewer = run_demo(dataclasses.replace(cfg, test_images=40, bf16_eval=False))
+    log = capsys.readouterr().out
+    assert fewer['test_images'] == 40 and json.loads((out / 'zeroshot_teacher.json').read_text())['n'] == 40
+    assert '[zeroshot_teacher] done in' in log and '[zeroshot_student] done in' in log and '[publish] done in' in log
+    assert all(f'[{s}] done already' in log for s in ('data', 'teacher', 'align', 'dual', 'energy'))
+    # Other training settings: the epoch checkpoints on disk were made with the old ones, so no silent resume.
+    with pytest.raises(DemoError, match=r'stage align .* other settings \(lr: 0\.005 -> 0\.001\)'):
+        run_demo(dataclasses.replace(cfg, align_lr=1e-3))
+    assert (out / 'align.safetensors').is_file()
 
 
 def test_cli_errors(tmp_path, capsys):

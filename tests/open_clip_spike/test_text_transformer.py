@@ -222,15 +222,20 @@ def test_training_step_lowers_alignment_loss(tok):
 def test_grad_checkpointing_gives_same_result(tok):
     tower = _tower(layers=2).train()
     tokens = tok(PROMPTS[:3])
+    start = {k: v.clone() for k, v in tower.state_dict().items()}
     ref = tower(tokens)
     ref.square().sum().backward()
     ref_grad = tower.blocks[0].attn.q_conv.weight.grad.clone()
+    ref_stats = {k: v.clone() for k, v in tower.state_dict().items() if 'running' in k or 'num_batches' in k}
+    tower.load_state_dict(start)
     tower.zero_grad()
     tower.set_grad_checkpointing(True)
     out = tower(tokens)
     out.square().sum().backward()
     assert torch.equal(out, ref)
     assert torch.allclose(tower.blocks[0].attn.q_conv.weight.grad, ref_grad, atol=1e-6)
+    stats = {k: v for k, v in tower.state_dict().items() if k in ref_stats}
+    assert len(stats) > 4 and all(torch.allclose(stats[k], ref_stats[k], atol=1e-6) for k in stats)  # BN once
     assert tower.no_weight_decay() == {'pos_embed', 'readout.logits'}
 
 

@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -190,17 +191,31 @@ def test_training_step_lowers_loss_and_grads_reach_stem():
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_grad_checkpointing_same_gradients():
+def _bn_stats(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k}
+
+
+def test_grad_checkpointing_same_gradients_and_bn_statistics():
     m = tiny(depth=2).train()
     x = torch.randn(4, 3, 32, 32)
-    grads = []
+    start = copy.deepcopy(m.state_dict())
+    grads, stats = [], []
     for ckpt in (False, True):
+        m.load_state_dict(start)
         m.set_grad_checkpointing(ckpt)
         m.zero_grad()
         m(x).square().sum().backward()
         grads.append([p.grad.clone() for p in m.parameters()])
+        stats.append(_bn_stats(m))
     for a, b in zip(*grads):
         assert torch.allclose(a, b, atol=1e-6)
+    # One training step updates BatchNorm's running statistics once, with or without checkpointing: the
+    # recompute in backward must not apply the momentum a second time (it would with a plain checkpoint).
+    assert len(stats[0]) > 10 and all(v.item() == 1 for k, v in stats[1].items() if 'num_batches' in k)
+    for k in stats[0]:
+        assert torch.allclose(stats[0][k], stats[1][k], atol=1e-6), k
+    means = [v for k, v in stats[0].items() if k.endswith('running_mean')]
+    assert means and all(v.abs().sum() > 0 for v in means)  # the step did update them (they start at zero)
 
 
 def test_group_matcher_and_optimizer_factory():

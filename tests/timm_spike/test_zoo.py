@@ -257,20 +257,27 @@ def test_sew_resnet_grad_checkpointing_gives_the_same_gradients(monkeypatch):
     import timm_spike.models.sew_resnet as sew_module
     calls = []
 
-    def counting_checkpoint(fn, *args, **kwargs):
+    checkpoint_module = sew_module.checkpoint_module
+
+    def counting_checkpoint(fn, *args):
         calls.append(fn)
-        return torch.utils.checkpoint.checkpoint(fn, *args, **kwargs)
-    monkeypatch.setattr(sew_module, 'checkpoint', counting_checkpoint)
+        return checkpoint_module(fn, *args)
+    monkeypatch.setattr(sew_module, 'checkpoint_module', counting_checkpoint)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
-    grads = []
+    grads, stats = [], []
     for ckpt in (False, True):
         torch.manual_seed(0)
         model = tiny('sew').train()
         model.set_grad_checkpointing(ckpt)
         F.cross_entropy(model(x), y).backward()
         grads.append(model.conv1.weight.grad.clone())
+        stats.append({k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k})
     assert len(calls) == 4  # one per residual block, only when enabled
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
+    # the recompute in backward must not update BatchNorm's running statistics a second time
+    assert stats[0].keys() == stats[1].keys() and len(stats[0]) > 10
+    for k in stats[0]:
+        assert torch.allclose(stats[0][k], stats[1][k], atol=1e-6), k
 
 
 @pytest.mark.parametrize('family', FAMILY_IDS)

@@ -219,7 +219,8 @@ def ann_equivalent(model: nn.Module) -> nn.Module:
             if isinstance(child, neuron.BaseNode):
                 setattr(module, child_name, nn.Identity())
     for module in ann.modules():
-        if isinstance(getattr(module, 'T', None), int) and not isinstance(module.T, bool):
+        # instance attributes only: a read-only ``T`` property (SpikeCLIP's, derived from its towers) follows them
+        if isinstance(vars(module).get('T'), int) and not isinstance(module.T, bool):
             module.T = 1
         if getattr(module, 'mode', None) == 'weighted' and hasattr(module, 'logits'):
             module.mode = 'mean'

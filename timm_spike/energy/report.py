@@ -8,10 +8,11 @@ import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
-__all__ = ['EnergyConstants', 'LayerEnergy', 'TeacherEnergy', 'EnergyReport', 'SCHEMA', 'atomic_write']
+__all__ = ['EnergyConstants', 'LayerEnergy', 'TeacherEnergy', 'EnergyReport', 'SCHEMA', 'atomic_path', 'atomic_write']
 
 SCHEMA = 'spikeclip.energy/1'
 _PJ_TO_MJ = 1e-9
@@ -215,19 +216,29 @@ class EnergyReport:
         return '\n'.join(lines)
 
 
-def atomic_write(path: str, data: bytes):
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename over it."""
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path in ``path``'s folder (same suffix) to write; rename it over ``path`` on success.
+
+    Readers see the old file or the whole new one, never a half-written one; on an error the temporary file is
+    removed and ``path`` is left as it was.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
+        yield tmp
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+
+
+def atomic_write(path: str, data: bytes):
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename over it."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)

@@ -15,16 +15,39 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
+from timm.models import build_model_with_cfg
 
 from ..layers import LIFConfig, TemporalReadout
 from ..layers.time import check_time_steps, encode_direct
 
-__all__ = ['ZooSpikingNet', 'check_zoo_lif', 'run_once_on_direct_input', 'CIFAR_MEAN', 'CIFAR_STD']
+__all__ = ['ZooSpikingNet', 'check_zoo_lif', 'create_zoo_model', 'run_once_on_direct_input', 'zoo_cfg',
+           'CIFAR_MEAN', 'CIFAR_STD']
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 GLOBAL_POOLS = ('avg', '')
+
+
+def zoo_cfg(first_conv: str, classifier: str = 'head', url: str = '', **kwargs) -> Dict[str, Any]:
+    """A timm pretrained cfg with the zoo's CIFAR defaults (32x32, CIFAR mean/std); ``kwargs`` override them."""
+    return {
+        'url': url,
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
+        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': CIFAR_MEAN, 'std': CIFAR_STD,
+        'first_conv': first_conv, 'classifier': classifier,
+        'license': 'apache-2.0',
+        **kwargs,
+    }
+
+
+def create_zoo_model(model_cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a ``ZooSpikingNet``, refusing ``features_only`` with a clear error."""
+    if kwargs.pop('features_only', False):
+        raise ValueError(f'{variant} does not support features_only (no forward_intermediates); use '
+                         f'forward_features, or a spikingformer_* model for per-block feature maps')
+    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
 
 
 def check_zoo_lif(lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]], family: str):

@@ -27,10 +27,10 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model import qkformer as sj_qk
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import LIFConfig
-from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, check_zoo_lif, run_once_on_direct_input
+from ._zoo import ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['QKFormer']
 
@@ -126,22 +126,8 @@ class QKFormer(ZooSpikingNet):
         return self.stage3(self.patch_embed3(x))
 
 
-def _create_qkformer(variant: str, pretrained: bool = False, **kwargs) -> QKFormer:
-    if kwargs.pop('features_only', False):
-        raise ValueError('qkformer does not support features_only (no forward_intermediates)')
-    return build_model_with_cfg(QKFormer, variant, pretrained, **kwargs)
-
-
-def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
-        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': CIFAR_MEAN, 'std': CIFAR_STD,
-        'first_conv': 'patch_embed1.conv1', 'classifier': 'head',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return zoo_cfg('patch_embed1.conv1', **kwargs)
 
 
 _imagenet = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
@@ -160,7 +146,7 @@ default_cfgs = generate_default_cfgs({
 def qkformer_4_384(pretrained: bool = False, **kwargs) -> QKFormer:
     """QKFormer-4-384, CIFAR (32x32, T=4, depths 1-1-2, 8 heads), spikingjelly's blocks."""
     model_args = dict(embed_dim=384, depths=(1, 1, 2), num_heads=8, patch_size=4)
-    return _create_qkformer('qkformer_4_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(QKFormer, 'qkformer_4_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -168,7 +154,7 @@ def qkformer_10_384(pretrained: bool = False, **kwargs) -> QKFormer:
     """QKFormer-10-384, ImageNet (224x224, T=4, depths 1-2-7), spikingjelly's blocks."""
     model_args = dict(img_size=224, num_classes=1000, embed_dim=384, depths=(1, 2, 7), num_heads=6,
                       patch_size=16)
-    return _create_qkformer('qkformer_10_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(QKFormer, 'qkformer_10_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -176,11 +162,11 @@ def qkformer_10_512(pretrained: bool = False, **kwargs) -> QKFormer:
     """QKFormer-10-512, ImageNet (224x224, T=4, depths 1-2-7), spikingjelly's blocks."""
     model_args = dict(img_size=224, num_classes=1000, embed_dim=512, depths=(1, 2, 7), num_heads=8,
                       patch_size=16)
-    return _create_qkformer('qkformer_10_512', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(QKFormer, 'qkformer_10_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def qkformer_clip(pretrained: bool = False, **kwargs) -> QKFormer:
     """A SpikeCLIP image tower on QKFormer-4-384 (CIFAR layout, 32x32, T=4, 512-d projection head)."""
     model_args = dict(num_classes=512, embed_dim=384, depths=(1, 1, 2), num_heads=8, patch_size=4, T=4)
-    return _create_qkformer('qkformer_clip', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(QKFormer, 'qkformer_clip', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -24,11 +24,10 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional, layer
 from spikingjelly.activation_based.model import sew_resnet as sj_sew
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from torch.utils.checkpoint import checkpoint
+from timm.models import generate_default_cfgs, register_model
 
-from ..layers import LIFConfig, create_lif
-from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, run_once_on_direct_input
+from ..layers import LIFConfig, checkpoint_module, create_lif
+from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['SEWResNet']
 
@@ -118,28 +117,16 @@ class SEWResNet(ZooSpikingNet):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             for blk in stage:
                 if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                    x = checkpoint(blk, x, use_reentrant=False)
+                    x = checkpoint_module(blk, x)
                 else:
                     x = blk(x)
         return x
 
 
-def _create_sew_resnet(variant: str, pretrained: bool = False, **kwargs) -> SEWResNet:
-    if kwargs.pop('features_only', False):
-        raise ValueError('sew_resnet does not support features_only (no forward_intermediates)')
-    return build_model_with_cfg(SEWResNet, variant, pretrained, **kwargs)
-
-
-def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return zoo_cfg('conv1', 'fc', **dict(dict(
+        num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation='bilinear',
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD), **kwargs))
 
 
 _cifar = dict(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
@@ -157,21 +144,21 @@ default_cfgs = generate_default_cfgs({
 def sew_resnet18(pretrained: bool = False, **kwargs) -> SEWResNet:
     """SEW-ResNet-18 (ADD), ImageNet (224x224, T=4), spikingjelly's blocks."""
     model_args = dict(layers=(2, 2, 2, 2), block='basic', cnf='ADD')
-    return _create_sew_resnet('sew_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SEWResNet, 'sew_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sew_resnet34(pretrained: bool = False, **kwargs) -> SEWResNet:
     """SEW-ResNet-34 (ADD), ImageNet (224x224, T=4), spikingjelly's blocks."""
     model_args = dict(layers=(3, 4, 6, 3), block='basic', cnf='ADD')
-    return _create_sew_resnet('sew_resnet34', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SEWResNet, 'sew_resnet34', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sew_resnet18_cifar(pretrained: bool = False, **kwargs) -> SEWResNet:
     """SEW-ResNet-18 (ADD), CIFAR layout (3x3 stem, no max-pool, 32x32, T=4), spikingjelly's blocks."""
     model_args = dict(layers=(2, 2, 2, 2), block='basic', cnf='ADD', stem='cifar', img_size=32, num_classes=10)
-    return _create_sew_resnet('sew_resnet18_cifar', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SEWResNet, 'sew_resnet18_cifar', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
@@ -179,4 +166,4 @@ def sew_resnet18_clip(pretrained: bool = False, **kwargs) -> SEWResNet:
     """A SpikeCLIP image tower on SEW-ResNet-18 (CIFAR layout, 32x32, T=4, 512-d projection head)."""
     model_args = dict(layers=(2, 2, 2, 2), block='basic', cnf='ADD', stem='cifar', img_size=32, num_classes=512,
                       T=4)
-    return _create_sew_resnet('sew_resnet18_clip', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SEWResNet, 'sew_resnet18_clip', pretrained=pretrained, **dict(model_args, **kwargs))

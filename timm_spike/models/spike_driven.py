@@ -24,10 +24,10 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model import spike_driven_transformer as sj_sdt
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import LIFConfig
-from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, check_zoo_lif, run_once_on_direct_input
+from ._zoo import ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['SpikeDrivenTransformer']
 
@@ -101,22 +101,8 @@ class SpikeDrivenTransformer(ZooSpikingNet):
         return self.head_lif(x.flatten(3).mean(3))
 
 
-def _create_sdt(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
-    if kwargs.pop('features_only', False):
-        raise ValueError('sdt does not support features_only (no forward_intermediates)')
-    return build_model_with_cfg(SpikeDrivenTransformer, variant, pretrained, **kwargs)
-
-
-def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
-        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': CIFAR_MEAN, 'std': CIFAR_STD,
-        'first_conv': 'patch_embed.stages.0.0', 'classifier': 'head',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return zoo_cfg('patch_embed.stages.0.0', **kwargs)
 
 
 _imagenet = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
@@ -135,25 +121,25 @@ default_cfgs = generate_default_cfgs({
 def sdt_2_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """Spike-driven Transformer-2-512, CIFAR (32x32, T=4), spikingjelly's blocks."""
     model_args = dict(embed_dim=512, depth=2, num_heads=8, patch_size=4)
-    return _create_sdt('sdt_2_512', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SpikeDrivenTransformer, 'sdt_2_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """Spike-driven Transformer-8-384, ImageNet (224x224, T=4), spikingjelly's blocks."""
     model_args = dict(img_size=224, num_classes=1000, embed_dim=384, depth=8, num_heads=8, patch_size=16)
-    return _create_sdt('sdt_8_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SpikeDrivenTransformer, 'sdt_8_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """Spike-driven Transformer-8-512, ImageNet (224x224, T=4), spikingjelly's blocks."""
     model_args = dict(img_size=224, num_classes=1000, embed_dim=512, depth=8, num_heads=8, patch_size=16)
-    return _create_sdt('sdt_8_512', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SpikeDrivenTransformer, 'sdt_8_512', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def sdt_clip(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """A SpikeCLIP image tower on Spike-driven Transformer-4-384 (8 heads, 32x32, T=4, 512-d projection)."""
     model_args = dict(num_classes=512, embed_dim=384, depth=4, num_heads=8, patch_size=4, T=4)
-    return _create_sdt('sdt_clip', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(SpikeDrivenTransformer, 'sdt_clip', pretrained=pretrained, **dict(model_args, **kwargs))

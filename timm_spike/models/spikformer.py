@@ -17,10 +17,10 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model.spikformer import SpikformerBlock, SpikformerPatchStem
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 
 from ..layers import LIFConfig
-from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, check_zoo_lif, run_once_on_direct_input
+from ._zoo import ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['Spikformer']
 
@@ -84,22 +84,8 @@ class Spikformer(ZooSpikingNet):
         return self.blocks(self.patch_embed(x))
 
 
-def _create_spikformer(variant: str, pretrained: bool = False, **kwargs) -> Spikformer:
-    if kwargs.pop('features_only', False):
-        raise ValueError('spikformer does not support features_only (no forward_intermediates)')
-    return build_model_with_cfg(Spikformer, variant, pretrained, **kwargs)
-
-
-def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
-    return {
-        'url': url,
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
-        'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': CIFAR_MEAN, 'std': CIFAR_STD,
-        'first_conv': 'patch_embed.stages.0.conv_bn.block.0', 'classifier': 'head',
-        'license': 'apache-2.0',
-        **kwargs,
-    }
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return zoo_cfg('patch_embed.stages.0.conv_bn.block.0', **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
@@ -115,18 +101,18 @@ default_cfgs = generate_default_cfgs({
 def spikformer_4_384(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-4-384, CIFAR (32x32, T=4), spikingjelly's blocks."""
     model_args = dict(embed_dim=384, depth=4, num_heads=12, patch_size=4)
-    return _create_spikformer('spikformer_4_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(Spikformer, 'spikformer_4_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def spikformer_8_384(pretrained: bool = False, **kwargs) -> Spikformer:
     """Spikformer-8-384, ImageNet (224x224, T=4), spikingjelly's blocks."""
     model_args = dict(img_size=224, num_classes=1000, embed_dim=384, depth=8, num_heads=12, patch_size=16)
-    return _create_spikformer('spikformer_8_384', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(Spikformer, 'spikformer_8_384', pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def spikformer_clip(pretrained: bool = False, **kwargs) -> Spikformer:
     """A SpikeCLIP image tower on Spikformer-4-384 (8 heads, 32x32, T=4, 512-d projection head)."""
     model_args = dict(num_classes=512, embed_dim=384, depth=4, num_heads=8, patch_size=4, T=4)
-    return _create_spikformer('spikformer_clip', pretrained=pretrained, **dict(model_args, **kwargs))
+    return create_zoo_model(Spikformer, 'spikformer_clip', pretrained=pretrained, **dict(model_args, **kwargs))

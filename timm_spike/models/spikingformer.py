@@ -25,13 +25,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import layer
-from torch.utils.checkpoint import checkpoint
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from timm_spike.layers import LIFConfig, TemporalReadout, check_time_steps, create_lif, encode_direct
+from timm_spike.layers import (
+    LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, encode_direct)
 
 __all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
 
@@ -347,13 +347,13 @@ class Spikingformer(nn.Module):
         # The tokenizer's full-resolution maps hold about as much as all blocks together (at T=8, 32x32), so
         # grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(self.patch_embed, x, self.T, use_reentrant=False)
+            return checkpoint_module(self.patch_embed, x, self.T)
         return self.patch_embed(x, self.T)
 
     def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]):
         for blk in blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint_module(blk, x)
             else:
                 x = blk(x)
             yield x
