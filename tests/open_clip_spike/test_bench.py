@@ -92,3 +92,12 @@ def test_bf16_variants_run_under_autocast(tmp_path):
     assert '| SNN, fused LIF, bf16 autocast | 2 |' in (out / 'bench.md').read_text()
     with pytest.raises(SystemExit):
         bench.main(['--quick', '--impls', 'fused+fp8', '--out', str(out)])
+
+
+def test_timed_rounds_interleave_and_never_time_a_call_right_after_a_bigger_one():
+    seq = []
+    calls = {k: (lambda k=k: seq.append(k)) for k in ('ann', 'T1', 'T8')}
+    out = bench._timed_rounds(calls, repeats=2, warmup=1, device='cpu')
+    # warm-up once each; then per round an untimed call of the smallest variant, then all of them in order
+    assert seq == ['ann', 'T1', 'T8'] + ['ann', 'ann', 'T1', 'T8'] * 2
+    assert all(len(v['times']) == 2 and v['median_s'] >= 0 and v['first_s'] is not None for v in out.values())
