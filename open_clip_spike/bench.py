@@ -240,6 +240,34 @@ def _own_cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+class LoadMonitor:
+    """What else used the machine while a measurement ran: created at the start, ``result()`` at the end.
+
+    The CPU time that other processes took during the run (from /proc/stat, minus this process and its waited-for
+    children) decides ``under_load`` (over 5% of the CPUs). The 1-minute load average at the start is recorded
+    but only decides where /proc/stat is unavailable: right after another run it still shows that run's tail.
+    """
+
+    def __init__(self):
+        self.loadavg_before = os.getloadavg() if hasattr(os, 'getloadavg') else None
+        self._busy0, self._own0, self._wall0 = _cpu_busy_jiffies(), _own_cpu_seconds(), time.time()
+
+    def result(self) -> Dict[str, Any]:
+        wall = time.time() - self._wall0
+        busy1, own1 = _cpu_busy_jiffies(), _own_cpu_seconds()
+        load = dict(loadavg_before=self.loadavg_before,
+                    loadavg_after=os.getloadavg() if hasattr(os, 'getloadavg') else None)
+        if self._busy0 and busy1:
+            others = max(0.0, (busy1[0] - self._busy0[0]) / os.sysconf('SC_CLK_TCK') - (own1 - self._own0))
+            load['other_processes_cpu_share'] = others / (max(wall, 1e-9) * (os.cpu_count() or 1))
+        share = load.get('other_processes_cpu_share')
+        if share is not None:
+            load['under_load'] = share > 0.05
+        else:
+            load['under_load'] = bool(self.loadavg_before and self.loadavg_before[0] > 0.5)
+        return load
+
+
 def machine_info(threads: int, device: str) -> Dict[str, Any]:
     import spikingjelly
     import timm
@@ -524,8 +552,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     flush_before = torch.set_flush_denormal(cfg.flush_denormal)
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but CUDA is not available")
-    load_before = os.getloadavg() if hasattr(os, 'getloadavg') else None
-    busy0, own0, wall0 = _cpu_busy_jiffies(), _own_cpu_seconds(), time.time()
+    monitor, wall0 = LoadMonitor(), time.time()
     rows, skipped = [], {}
     neuron_rows = bench_neuron(cfg)
     for name in cfg.models:
@@ -546,14 +573,7 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
         rows.extend(timing)
         _logger.info('%s done', name)
     wall = time.time() - wall0
-    busy1, own1 = _cpu_busy_jiffies(), _own_cpu_seconds()
-    load = dict(loadavg_before=load_before, loadavg_after=os.getloadavg() if hasattr(os, 'getloadavg') else None)
-    if busy0 and busy1:
-        hz = os.sysconf('SC_CLK_TCK')
-        others = max(0.0, (busy1[0] - busy0[0]) / hz - (own1 - own0))
-        load['other_processes_cpu_share'] = others / (wall * (os.cpu_count() or 1))
-    share = load.get('other_processes_cpu_share')
-    load['under_load'] = bool((share is not None and share > 0.05) or (load_before and load_before[0] > 0.5))
+    load = monitor.result()
     machine = machine_info(threads, cfg.device)
     machine['flush_denormal'] = cfg.flush_denormal and flush_before
     if cfg.flush_denormal:

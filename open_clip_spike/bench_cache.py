@@ -30,6 +30,8 @@ import torch
 
 from timm_spike.energy.report import atomic_write
 
+from .bench import LoadMonitor, _fmt, _fmt_load, machine_info
+
 __all__ = ['PAIRS', 'bench_teacher_cache', 'to_markdown', 'main']
 
 _logger = logging.getLogger(__name__)
@@ -113,9 +115,12 @@ def to_markdown(result: Dict[str, Any]) -> str:
     m, load = result['machine'], result['load']
     lines = [
         f'Machine: {m["cpu"]} ({m["cpu_count"]} CPUs); torch {m["torch"]}, {m["torch_threads"]} threads. '
-        f'{result["images"]} training images; load average before {load["before"]}, after {load["after"]}.', '']
+        f'{result["images"]} training images; load average before {_fmt_load(load["loadavg_before"])}, after '
+        f'{_fmt_load(load["loadavg_after"])}; other processes used '
+        f'{_fmt(100 * load.get("other_processes_cpu_share", float("nan")), ".0f")}% of the CPUs.', '']
     if load['under_load']:
-        lines += ['**WARNING: measured under load; re-run on an idle machine.**', '']
+        lines += ['**WARNING: measured under load (other processes were using the CPUs); re-run on an idle '
+                  'machine.**', '']
     lines += ['| pair (teacher -> student) | batch | epoch s, no cache | epoch s, cache (fill, then hits) | '
               'cache ratio | fill epoch ratio |', '|---|---|---|---|---|---|']
     for r in result['rows']:
@@ -128,7 +133,6 @@ def to_markdown(result: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from open_clip_spike.bench import machine_info
     from open_clip_spike.demo import find_fashion_mnist, write_captioned_csv
 
     p = argparse.ArgumentParser(prog='spikeclip bench-cache', description=__doc__.split('\n\n')[0])
@@ -148,8 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     os.environ.setdefault('TIMM_SPIKE_LIF_IMPL', 'auto')  # fused on the CPU, spikingjelly's kernels on CUDA
 
-    load_before = os.getloadavg()
-    wall0 = time.time()
+    monitor, wall0 = LoadMonitor(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or tmp
         os.makedirs(work, exist_ok=True)
@@ -159,11 +162,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     threads=args.threads, workers=args.workers,
                                     teacher_pretrained=args.teacher_pretrained, device=args.device,
                                     precision=args.precision) for pair in args.pairs]
-    load_after = os.getloadavg()
     result = dict(machine=machine_info(args.threads, args.device), images=args.images, wall_s=time.time() - wall0,
-                  load=dict(before=[round(x, 2) for x in load_before], after=[round(x, 2) for x in load_after],
-                            under_load=load_before[0] > 0.5),
-                  rows=rows)
+                  load=monitor.result(), rows=rows)
     md = to_markdown(result)
     os.makedirs(args.out, exist_ok=True)
     atomic_write(os.path.join(args.out, 'bench-cache.json'), json.dumps(result, indent=2).encode())
