@@ -15,18 +15,23 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg
 
 from ..layers import LIFConfig, TemporalReadout
 from ..layers.time import check_time_steps, encode_direct
 
 __all__ = ['ZooSpikingNet', 'check_zoo_lif', 'create_zoo_model', 'run_once_on_direct_input', 'zoo_cfg',
-           'CIFAR_MEAN', 'CIFAR_STD']
+           'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_CFG']
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 GLOBAL_POOLS = ('avg', '')
+
+# overrides of ``zoo_cfg``'s CIFAR defaults for the ImageNet variants
+IMAGENET_CFG = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+                    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
 def zoo_cfg(first_conv: str, classifier: str = 'head', url: str = '', **kwargs) -> Dict[str, Any]:

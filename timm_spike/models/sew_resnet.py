@@ -23,11 +23,11 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional, layer
 from spikingjelly.activation_based.model import sew_resnet as sj_sew
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import LIFConfig, checkpoint_module, create_lif
-from ._zoo import CIFAR_MEAN, CIFAR_STD, ZooSpikingNet, create_zoo_model, run_once_on_direct_input, zoo_cfg
+from ._zoo import IMAGENET_CFG, ZooSpikingNet, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['SEWResNet']
 
@@ -124,19 +124,15 @@ class SEWResNet(ZooSpikingNet):
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
-    return zoo_cfg('conv1', 'fc', **dict(dict(
-        num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875, interpolation='bilinear',
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD), **kwargs))
+    return zoo_cfg('conv1', 'fc', interpolation='bilinear', **kwargs)
 
-
-_cifar = dict(num_classes=10, input_size=(3, 32, 32), crop_pct=1.0, mean=CIFAR_MEAN, std=CIFAR_STD)
 
 default_cfgs = generate_default_cfgs({
-    'sew_resnet18': _cfg(),
-    'sew_resnet34': _cfg(),
-    'sew_resnet18_cifar': _cfg(**_cifar),
+    'sew_resnet18': _cfg(**IMAGENET_CFG),
+    'sew_resnet34': _cfg(**IMAGENET_CFG),
+    'sew_resnet18_cifar': _cfg(),
     # a SpikeCLIP image tower: CLIP-normalised 32x32 images, the head is the 512-d projection
-    'sew_resnet18_clip': _cfg(**dict(_cifar, num_classes=512, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD)),
+    'sew_resnet18_clip': _cfg(num_classes=512, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
 })
 
 

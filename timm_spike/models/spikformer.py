@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model.spikformer import SpikformerBlock, SpikformerPatchStem
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.models import generate_default_cfgs, register_model
 
 from ..layers import LIFConfig
-from ._zoo import ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
+from ._zoo import IMAGENET_CFG, ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['Spikformer']
 
@@ -90,8 +90,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({
     'spikformer_4_384': _cfg(),
-    'spikformer_8_384': _cfg(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
-                             mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+    'spikformer_8_384': _cfg(**IMAGENET_CFG),
     # a SpikeCLIP image tower: CLIP-normalised 32x32 images, the head is the 512-d projection
     'spikformer_clip': _cfg(num_classes=512, mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
 })
