@@ -2,8 +2,10 @@
 
 ``import timm_spike`` registers every model with timm (timm has no plugin discovery), after which
 ``timm.create_model('spikingformer_clip')`` and ``timm.list_models('spikingformer*')`` work.
+The LIF implementation is a process-wide switch (``set_lif_impl``, ``lif_impl``, env ``TIMM_SPIKE_LIF_IMPL``).
 """
-from .layers import LIFConfig, TemporalReadout, create_lif, is_spiking_neuron
+from .layers import (
+    LIF_IMPLS, LIFConfig, TemporalReadout, create_lif, get_lif_impl, is_spiking_neuron, lif_impl, set_lif_impl)
 from .models import *  # noqa: F401,F403  (registers the models)
 
 __version__ = '0.1.0'

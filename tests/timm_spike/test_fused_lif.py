@@ -11,7 +11,7 @@ from spikingjelly.activation_based import neuron, surrogate
 
 import timm_spike  # noqa: F401  (registers the models)
 from timm_spike.energy import firing_rates
-from timm_spike.layers import LIFConfig, StatelessLIFNode, create_lif, create_surrogate, is_spiking_neuron, set_lif_impl
+from timm_spike.layers import LIFConfig, StatelessLIFNode, create_lif, create_surrogate, is_spiking_neuron, lif_impl
 from timm_spike.layers import fused_lif
 from timm_spike.layers.fused_lif import FusedLIFParams, lif_multi_step_fused
 
@@ -42,9 +42,10 @@ def _reference(x, upstream, cfg: LIFConfig):
 
 
 def _fused(x, upstream, cfg: LIFConfig):
-    lif = create_lif(cfg.replace(impl='fused'))
+    lif = create_lif(cfg)
     x = x.clone().requires_grad_()
-    s = lif(x)
+    with lif_impl('fused'):
+        s = lif(x)
     (s * upstream).sum().backward()
     return s.detach(), x.grad
 
@@ -85,8 +86,8 @@ def test_compiled_matches_spikingjelly(cfg, monkeypatch):
     s, g = _fused(x, up, cfg)
     assert torch.equal(s, s_ref)
     assert torch.allclose(g, g_ref, rtol=1e-5, atol=1e-6)
-    with torch.no_grad():  # the inference kernel (no potentials kept)
-        assert torch.equal(create_lif(cfg.replace(impl='fused'))(x), s_ref)
+    with torch.no_grad(), lif_impl('fused'):  # the inference kernel (no potentials kept)
+        assert torch.equal(create_lif(cfg)(x), s_ref)
     assert fused_lif.fused_compile_enabled(), 'compiling fell back to eager on this machine'
 
 
@@ -113,8 +114,8 @@ def test_saves_one_tensor_for_backward(eager):
             return t
 
         x = torch.randn(4, 3, 10, requires_grad=True)
-        lif = create_lif(impl=impl)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lif = create_lif()
+        with lif_impl(impl), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             lif(x)
         return shapes
 
@@ -125,22 +126,23 @@ def test_saves_one_tensor_for_backward(eager):
 def test_stateless_and_no_state_left_on_module(eager):
     x, _ = _inputs()
     for impl in ('fused', 'spikingjelly'):
-        lif = create_lif(impl=impl)
-        a = lif(x.requires_grad_())
-        assert torch.equal(a, lif(x))  # each call starts from rest
+        lif = create_lif()
+        with lif_impl(impl):
+            a = lif(x.requires_grad_())
+            assert torch.equal(a, lif(x))  # each call starts from rest
         # No tensor (and no autograd graph) survives the call on the module.
         assert isinstance(lif.v, float) and lif.v_seq is None
 
 
 def test_is_a_spikingjelly_neuron_and_monitors_find_it(eager):
-    lif = create_lif(impl='fused')
+    lif = create_lif()
     assert isinstance(lif, neuron.LIFNode) and is_spiking_neuron(lif)
     x = torch.randn(2, 3, 32, 32)
     m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4, T=2).train()
     rates = {}
     for impl in ('spikingjelly', 'fused'):
-        set_lif_impl(m, impl)
-        rates[impl] = firing_rates(m, x)
+        with lif_impl(impl):
+            rates[impl] = firing_rates(m, x)
     assert len(rates['fused']) == 4 + 7  # 4 stem stages and 7 neuron layers in the block
     assert 0 < sum(rates['fused'].values())
     assert rates['fused'] == pytest.approx(rates['spikingjelly'])
@@ -151,11 +153,12 @@ def test_model_with_fused_neurons_same_outputs_and_gradients(eager):
     m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=2, num_heads=4, T=3, num_classes=5).train()
     x = torch.randn(4, 3, 32, 32)
     results = {}
+    assert sum(isinstance(mod, StatelessLIFNode) for mod in m.modules()) == 4 + 2 * 7
     for impl in ('spikingjelly', 'fused', 'auto'):
-        assert set_lif_impl(m, impl) == 4 + 2 * 7
         m.zero_grad()
-        out = m(x)
-        out.square().sum().backward()
+        with lif_impl(impl):
+            out = m(x)
+            out.square().sum().backward()
         results[impl] = (out.detach(), [p.grad.clone() for p in m.parameters()])
     for impl in ('fused', 'auto'):
         assert torch.allclose(results[impl][0], results['spikingjelly'][0], atol=1e-5)
@@ -163,28 +166,23 @@ def test_model_with_fused_neurons_same_outputs_and_gradients(eager):
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_impl_from_model_config_and_auto_dispatch():
-    m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4, lif_cfg=dict(impl='auto'))
-    lifs = [mod for mod in m.modules() if isinstance(mod, StatelessLIFNode)]
-    assert lifs and all(lif.impl == 'auto' for lif in lifs)
-    lif = lifs[0]
-    # 'auto': fused on the CPU; on any other device spikingjelly's own kernels (CUDA/Triton).
-    assert lif._use_fused(torch.empty(1))
-    assert not lif._use_fused(torch.empty(1, device='meta'))
-    lif.impl = 'fused'
-    assert lif._use_fused(torch.empty(1, device='meta'))
-    lif.impl = 'spikingjelly'
-    assert not lif._use_fused(torch.empty(1))
-    assert 'impl=spikingjelly' in repr(lif)
+def test_impl_is_not_model_config():
+    # An old config carrying 'impl' builds the same model; the switch decides per call.
+    m = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4, lif_cfg=dict(impl='fused'))
+    ref = timm.create_model('spikingformer_4_256', embed_dim=32, depth=1, num_heads=4)
+    assert m.lif_cfg == ref.lif_cfg and 'impl' not in m.lif_cfg.to_dict()
+    assert m.state_dict().keys() == ref.state_dict().keys()
 
 
 def test_bad_impl_is_refused():
+    from timm_spike.layers import set_lif_impl
     with pytest.raises(ValueError, match="Unknown LIF impl 'cuda'.*spikingjelly"):
-        LIFConfig(impl='cuda')
+        set_lif_impl('cuda')
     with pytest.raises(ValueError, match='Unknown LIF impl'):
-        create_lif(impl='nope')
-    with pytest.raises(ValueError, match='Unknown LIF impl'):
-        set_lif_impl(torch.nn.Sequential(create_lif()), 'nope')
+        with lif_impl('nope'):
+            pass
+    with pytest.raises(TypeError):
+        LIFConfig(impl='fused')
     with pytest.raises(ValueError, match='floating point'):
         lif_multi_step_fused(torch.ones(2, 3, dtype=torch.long))
 
@@ -192,10 +190,10 @@ def test_bad_impl_is_refused():
 def test_unsupported_surrogate_falls_back_to_spikingjelly(caplog, eager):
     x, _ = _inputs()
     lif = StatelessLIFNode(tau=2.0, surrogate_function=surrogate.PiecewiseQuadratic(), detach_reset=True,
-                           step_mode='m', impl='fused')
+                           step_mode='m')
     ref = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.PiecewiseQuadratic(), detach_reset=True,
                          step_mode='m')
-    with caplog.at_level(logging.WARNING, logger='timm_spike.layers.neuron'):
+    with caplog.at_level(logging.WARNING, logger='timm_spike.layers.neuron'), lif_impl('fused'):
         assert torch.equal(lif(x), ref(x))
     assert 'PiecewiseQuadratic' in caplog.text
 

@@ -43,25 +43,93 @@ def test_readout():
         TemporalReadout(3, 'max')
 
 
-def test_lif_impl_default_from_environment(monkeypatch):
-    from timm_spike.layers.neuron import LIF_IMPL_ENV
-    monkeypatch.delenv(LIF_IMPL_ENV, raising=False)
-    assert LIFConfig().impl == 'spikingjelly'
-    monkeypatch.setenv(LIF_IMPL_ENV, 'auto')
-    assert LIFConfig().impl == 'auto' and create_lif().impl == 'auto'
-    assert LIFConfig(impl='fused').impl == 'fused'  # an explicit choice wins
-    monkeypatch.setenv(LIF_IMPL_ENV, 'gpu-magic')
-    with pytest.raises(ValueError, match=LIF_IMPL_ENV):
-        LIFConfig()
+def test_lif_impl_is_a_process_switch_not_model_config():
+    from timm_spike.layers import LIF_IMPLS, get_lif_impl, lif_impl, set_lif_impl
+    assert LIF_IMPLS == ('auto', 'fused', 'spikingjelly')
+    before = get_lif_impl()
+    with lif_impl('spikingjelly'):
+        assert get_lif_impl() == 'spikingjelly'
+        with lif_impl('fused'):
+            assert get_lif_impl() == 'fused'
+        assert get_lif_impl() == 'spikingjelly'
+    assert get_lif_impl() == before
+    with pytest.raises(RuntimeError), lif_impl('fused'):
+        raise RuntimeError('restored on errors too')
+    assert get_lif_impl() == before
+    with pytest.raises(ValueError, match="Unknown LIF impl 'cuda'.*spikingjelly"):
+        set_lif_impl('cuda')
+    with pytest.raises(TypeError, match='takes no model'):
+        set_lif_impl(create_lif())
+    assert get_lif_impl() == before
+    # nothing of it in the config, the module or its state
+    assert 'impl' not in LIFConfig().to_dict()
+    lif = create_lif()
+    assert not hasattr(lif, 'impl') and 'impl' not in repr(lif) and not lif.state_dict()
+    # old configs (Hub config.json files) that carry 'impl' still load
+    assert LIFConfig.from_any(dict(tau=3.0, impl='fused')) == LIFConfig(tau=3.0)
+    with pytest.raises(ValueError, match='run-time switch'):
+        create_lif(impl='fused')
+
+
+def test_lif_impl_default_from_environment():
+    import subprocess
+    import sys
+    code = 'import timm_spike; print(timm_spike.get_lif_impl())'
+    run = lambda env: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                                     env=env)
+    import os
+    base = {k: v for k, v in os.environ.items() if k != 'TIMM_SPIKE_LIF_IMPL'}
+    assert run(base).stdout.strip() == 'auto'  # the default: fused on CPU, spikingjelly on CUDA
+    assert run(dict(base, TIMM_SPIKE_LIF_IMPL='spikingjelly')).stdout.strip() == 'spikingjelly'
+    bad = run(dict(base, TIMM_SPIKE_LIF_IMPL='gpu-magic'))
+    assert bad.returncode != 0
+    assert "ValueError: Unknown LIF implementation in $TIMM_SPIKE_LIF_IMPL: 'gpu-magic'" in bad.stderr
+
+
+def test_auto_dispatch_by_device():
+    from timm_spike.layers import lif_impl
+    lif = create_lif()
+    cpu, meta = torch.empty(1), torch.empty(1, device='meta')
+    with lif_impl('auto'):  # fused on the CPU; on any other device spikingjelly's own kernels (CUDA/Triton)
+        assert lif._use_fused(cpu) and not lif._use_fused(meta)
+    with lif_impl('fused'):
+        assert lif._use_fused(cpu) and lif._use_fused(meta)
+        lif.store_v_seq = True  # potentials kept for inspection: only spikingjelly keeps them
+        assert not lif._use_fused(cpu)
+        lif.store_v_seq = False
+    with lif_impl('spikingjelly'):
+        assert not lif._use_fused(cpu)
 
 
 def test_fused_lif_on_meta_tensors_keeps_compiling_enabled():
     # A shape-only pass (as MAC counting does) must not switch compiling off for the process.
-    from timm_spike.layers import fused_lif
+    from timm_spike.layers import fused_lif, lif_impl
     failed_before = fused_lif._compile_failed
-    lif = create_lif(impl='fused')
-    out = lif(torch.empty(4, 2, 8, device='meta'))
+    with lif_impl('fused'):
+        out = create_lif()(torch.empty(4, 2, 8, device='meta'))
     assert out.shape == (4, 2, 8) and out.is_meta
+    assert fused_lif._compile_failed == failed_before
+
+
+def test_fused_lif_under_a_dispatch_mode_runs_eagerly_and_keeps_compiling_enabled():
+    # Op counters run the model under a TorchDispatchMode, where torch.compile cannot run.
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from timm_spike.layers import fused_lif, lif_impl
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    failed_before = fused_lif._compile_failed
+    x = torch.rand(4, 3, 10) * 3
+    with lif_impl('spikingjelly'):
+        ref = create_lif()(x)
+    with lif_impl('fused'), Count():
+        out = create_lif()(x)
+    assert torch.equal(out, ref) and Count.n > 0
     assert fused_lif._compile_failed == failed_before
 
 

@@ -25,7 +25,7 @@ def test_checkpointing_cuts_peak_memory_at_T8():
 def test_checkpointing_same_gradients_and_no_graph_kept_on_neurons():
     torch.manual_seed(0)
     m = timm.create_model('spikingformer_clip', T=3, embed_dim=32, depth=2, num_heads=4,
-                          lif_cfg=dict(impl='fused')).train()
+                          ).train()
     x = torch.randn(4, 3, 32, 32)
     grads = []
     for ck in (False, True):

@@ -1,5 +1,5 @@
-from .neuron import (
-    LIF_IMPLS, LIFConfig, StatelessLIFNode, SURROGATES, create_lif, create_surrogate, is_spiking_neuron, set_lif_impl)
+from .config import LIF_IMPLS, LIF_IMPL_ENV, get_lif_impl, lif_impl, set_lif_impl, use_fused_lif
+from .neuron import LIFConfig, StatelessLIFNode, SURROGATES, create_lif, create_surrogate, is_spiking_neuron
 from .checkpoint import checkpoint_module, preserve_bn_running_stats
 from .fused_lif import FusedLIFParams, lif_multi_step_fused, set_fused_compile
 from .readout import READOUTS, TemporalReadout

@@ -23,6 +23,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from spikingjelly.activation_based import surrogate
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 __all__ = ['FusedLIFParams', 'lif_multi_step_fused', 'fused_params_from_node', 'set_fused_compile',
            'fused_compile_enabled', 'SURROGATE_IDS']
@@ -159,10 +160,11 @@ _RECOMPILE_LIMIT = 64
 
 def _run(name: str, fn: Callable, *args):
     global _compile_failed
-    # Meta tensors (shape-only passes, e.g. MAC counting) run eagerly: compiling them fails, and one failure
-    # would switch compiling off for the whole process.
+    # Meta tensors (shape-only passes, e.g. MAC counting) and calls under a dispatch mode (op counters) run
+    # eagerly: compiling fails there, and one failure would switch compiling off for the whole process.
     on_meta = any(isinstance(a, torch.Tensor) and a.is_meta for a in args)
-    if fused_compile_enabled() and not on_meta and not torch.compiler.is_compiling():
+    in_mode = _get_current_dispatch_mode() is not None
+    if fused_compile_enabled() and not on_meta and not in_mode and not torch.compiler.is_compiling():
         # detach(): the kernels need no autograd tracking, and a detached tensor is not a view, so dynamo
         # guards on the tensor's own layout rather than on its base's (which would recompile per caller).
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
