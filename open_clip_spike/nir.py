@@ -1,0 +1,172 @@
+"""Export SpikeCLIP's spiking towers to NIR (the spiking MLP text tower; a whole SpikeCLIP as two graphs).
+
+The text tower's graph starts at its first spiking layer: input the concatenated token + position embeddings
+[context_length * width] (``SpikingTextMLP.embed``), a table lookup that stays outside the graph (NIR has no
+lookup node; the metadata says so), then LIF -> Affine -> LIF -> Affine. Like the image tower's graph
+(``timm_spike.nir``), it is one time step; the tower's output is the readout over T of the graph outputs.
+
+A SpikeCLIP exports when both towers do: a SEW-ResNet image tower (``timm_spike.nir.export_nir``) and the MLP
+text tower; the result is two graphs (two files). A spiking-transformer text tower is refused like the
+attention image towers, naming its first attention layer.
+"""
+import copy
+import os
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from timm_spike import nir as tnir
+from timm_spike.nir import NIR_DT, build_graph, metadata_for, write_nir
+
+from . import SpikingTextMLP
+
+__all__ = ['export_text_nir', 'export_spikeclip_nir', 'save_spikeclip_nir', 'spikeclip_nir_paths', 'TOWERS']
+
+TOWERS = ('image', 'text', 'both')
+
+
+def _plain_linear(fc: nn.Linear) -> nn.Linear:
+    out = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None)
+    out.load_state_dict({k: v.detach().float().cpu() for k, v in fc.state_dict().items()})
+    return out
+
+
+class _TextMLPView(nn.Module):
+    """The MLP text tower from its first spiking layer, one time step: fc2(lif2(fc1(lif1(x))))."""
+
+    def __init__(self, tower: SpikingTextMLP):
+        super().__init__()
+        self.lif1 = tnir._plain_lif(tower.lif1)
+        self.fc1 = _plain_linear(tower.fc1)
+        self.lif2 = tnir._plain_lif(tower.lif2)
+        self.fc2 = _plain_linear(tower.fc2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.lif2(self.fc1(self.lif1(x))))
+
+
+def check_text_exportable(tower: nn.Module) -> None:
+    """Raise a ``ValueError`` naming the first layer of a text tower that NIR 1.0 cannot express."""
+    if isinstance(tower, SpikingTextMLP):
+        tnir._check_lif(tower)
+        return
+    attn = tnir._attention_layers(tower)
+    if attn:
+        raise ValueError(
+            f"{type(tower).__name__} cannot be exported to NIR: its layer '{attn[0]}' is spiking self-attention, "
+            f"which multiplies two spike tensors, and NIR 1.0 has no node for a product of two signals; "
+            f"use the spiking MLP text tower (text_cfg arch 'mlp')")
+    raise ValueError(f'{type(tower).__name__} is not a text tower open_clip_spike.nir can export (SpikingTextMLP)')
+
+
+def export_text_nir(
+        tower: SpikingTextMLP,
+        T: Optional[int] = None,
+        dt: float = NIR_DT,
+        model_name: str = 'SpikingTextMLP',
+        extra_metadata: Optional[Dict[str, Any]] = None,
+):
+    """Export the spiking MLP text tower to a NIR graph (input: the token embeddings, see the module doc).
+
+    Args:
+        tower: The text tower.
+        T: Time steps recorded in the metadata (default: the tower's).
+        dt: NIR time step in seconds.
+        model_name: Name recorded in the metadata.
+        extra_metadata: More flat metadata keys.
+
+    Returns:
+        The ``nir.NIRGraph``.
+    """
+    check_text_exportable(tower)
+    n_in = tower.context_length * tower.width
+    md = metadata_for(
+        model_name, 'text', T if T is not None else tower.T, tower.lif_cfg,
+        input_description=(
+            f'token embeddings, not token ids: token_embedding(ids) + pos_embed for the {tower.context_length} '
+            f'token slots (ids padded with {tower.pad_id} to context_length), concatenated slot by slot to '
+            f'[{tower.context_length} * {tower.width}] = [{n_in}]; the lookup comes before the first spiking '
+            f'layer and is not part of the graph (SpikingTextMLP.embed computes it from a checkpoint); presented '
+            f'unchanged at each of the T steps (direct encoding)'),
+        input_shape=(n_in,), dt=dt, readout=tower.readout,
+        output_description='the text embedding (before normalisation) at each step',
+        extra=dict({'context_length': tower.context_length, 'embed_width': tower.width,
+                    'vocab_size': tower.vocab_size, 'pad_id': tower.pad_id}, **(extra_metadata or {})))
+    return build_graph(_TextMLPView(_cpu_copy(tower)), torch.zeros(1, n_in), md, dt=dt)
+
+
+def _cpu_copy(module: nn.Module) -> nn.Module:
+    p = next(module.parameters(), None)
+    if p is None or p.device.type == 'cpu':
+        return module
+    return copy.deepcopy(module).float().cpu()
+
+
+def export_spikeclip_nir(
+        model: nn.Module,
+        towers: str = 'both',
+        T: Optional[int] = None,
+        dt: float = NIR_DT,
+        model_name: str = 'SpikeCLIP',
+) -> Dict[str, Any]:
+    """Export the towers of a SpikeCLIP (SEW-ResNet image tower + spiking MLP text tower) to NIR graphs.
+
+    Every requested tower is checked before any graph is built, so a refusal leaves nothing half-exported.
+
+    Args:
+        model: An ``open_clip_spike.SpikeCLIP``.
+        towers: 'image', 'text' or 'both'.
+        T: Time steps recorded in the metadata (default: the model's).
+        dt: NIR time step in seconds.
+        model_name: The open_clip model name, recorded in the metadata.
+
+    Returns:
+        {'image': graph, 'text': graph} (the requested ones).
+    """
+    if towers not in TOWERS:
+        raise ValueError(f'Unknown tower {towers!r}; choose one of {TOWERS}')
+    want = ('image', 'text') if towers == 'both' else (towers,)
+    visual = getattr(model, 'visual', None)
+    trunk = getattr(visual, 'trunk', None)
+    if 'image' in want:
+        if trunk is None:
+            raise ValueError(f'{type(model).__name__} has no timm image tower (visual.trunk) to export')
+        tnir.check_exportable(trunk)
+    if 'text' in want:
+        check_text_exportable(getattr(model, 'text', None))
+    T = int(T if T is not None else model.T)
+    shared = {'clip_model': model_name, 'clip_embed_dim': int(getattr(model, 'embed_dim', 0)),
+              'clip_normalize': 'L2-normalise both towers\' outputs (after the readout over T) for zero-shot',
+              'clip_logit_scale': float(model.logit_scale.detach().exp().item())}
+    out = {}
+    if 'image' in want:
+        proj = getattr(visual.head, 'proj', None) if isinstance(getattr(visual, 'head', None), nn.Module) else None
+        out['image'] = tnir.export_nir(trunk, T=T, dt=dt, model_name=f'{model_name}/image', extra_head=proj,
+                                       extra_metadata=dict(shared, timm_model_name=tnir._timm_model_name(trunk)))
+    if 'text' in want:
+        out['text'] = export_text_nir(model.text, T=T, dt=dt, model_name=f'{model_name}/text',
+                                      extra_metadata=shared)
+    return out
+
+
+def spikeclip_nir_paths(out: Union[str, os.PathLike], towers: str = 'both') -> Dict[str, str]:
+    """File names for the exported towers: ``out`` itself for one tower, ``X.image.nir`` / ``X.text.nir`` for both."""
+    out = os.fspath(out)
+    if towers != 'both':
+        return {towers: out}
+    stem = out[:-4] if out.endswith('.nir') else out
+    return {'image': f'{stem}.image.nir', 'text': f'{stem}.text.nir'}
+
+
+def save_spikeclip_nir(model: nn.Module, out: Union[str, os.PathLike], towers: str = 'both',
+                       **kwargs: Any) -> Dict[str, str]:
+    """Export (``export_spikeclip_nir``) and write the graphs; returns {tower: path}.
+
+    All graphs are built before the first file is written, and each file is written through a temporary file.
+    """
+    graphs = export_spikeclip_nir(model, towers=towers, **kwargs)
+    paths = spikeclip_nir_paths(out, towers)
+    for tower, graph in graphs.items():
+        write_nir(graph, paths[tower])
+    return paths
