@@ -102,14 +102,14 @@ def check_exportable(model: nn.Module, stem_only: bool = False) -> None:
                 f"has no node for a product of two signals{stem}. Export a sew_resnet* tower instead")
         raise ValueError(f'{name} is not a tower timm_spike.nir can export; exportable: sew_resnet* models '
                          f'(stem="cifar", cnf="ADD") and the spiking MLP text tower (open_clip_spike.nir)')
+    _check_lif(model)
+    if stem_only:  # conv1 + bn1 + sn1 come before the ImageNet stem's max-pool
+        return
     if model.stem != 'cifar':
         raise ValueError(
             f"{type(model).__name__} with stem={model.stem!r} cannot be exported to NIR: its layer 'maxpool' is a "
-            f"max-pool, which NIR 1.0 has no node for; use stem='cifar' (sew_resnet18_cifar, sew_resnet18_clip)"
-            + ('' if stem_only else ", or stem_only=True for the layers before the max-pool"))
-    _check_lif(model)
-    if stem_only:
-        return
+            f"max-pool, which NIR 1.0 has no node for; use stem='cifar' (sew_resnet18_cifar, sew_resnet18_clip), "
+            f"or export the layers before it alone (stem_only=True; CLI: --stem-only)")
     if model.cnf != 'ADD':
         raise ValueError(
             f"{type(model).__name__} with cnf={model.cnf!r} cannot be exported to NIR: its layer 'layer1.0' joins "
@@ -660,6 +660,10 @@ def compare_runs(reference: Tuple[torch.Tensor, Dict[str, torch.Tensor]],
                  other: Tuple[torch.Tensor, Dict[str, torch.Tensor]]) -> Dict[str, Any]:
     """Agreement of two runs: fraction of identical spikes per layer, spike counts, max output difference.
 
+    Args:
+        reference: (output, spikes) of this project's forward (``project_spikes``).
+        other: (output, spikes) of a simulator (``NIRSimulator.run``); its layers must be among the reference's.
+
     Returns:
         {'layers': {path: {'identical': fraction, 'spikes_ref': n, 'spikes_other': n, 'numel': n}},
          'min_identical': worst layer's fraction, 'max_abs_diff': max |output difference|,
@@ -667,11 +671,11 @@ def compare_runs(reference: Tuple[torch.Tensor, Dict[str, torch.Tensor]],
     """
     out_a, sp_a = reference
     out_b, sp_b = other
-    missing = sorted(set(sp_a) ^ set(sp_b))
-    if missing:
-        raise ValueError(f'The runs record different layers: {missing}')
+    unknown = sorted(set(sp_b) - set(sp_a))
+    if unknown or not sp_b:
+        raise ValueError(f'The runs record different layers: {unknown or "none in the second run"}')
     layers = {}
-    for k in sp_a:
+    for k in sp_b:  # the exported layers (all of the reference's, or the stem's alone)
         a, b = sp_a[k], sp_b[k].to(sp_a[k].dtype)
         if a.shape != b.shape:
             raise ValueError(f'Layer {k}: spikes of shape {tuple(a.shape)} vs {tuple(b.shape)}')
