@@ -11,17 +11,19 @@ attention image towers, naming its first attention layer.
 """
 import copy
 import os
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from timm_spike import nir as tnir
 from timm_spike.nir import NIR_DT, build_graph, metadata_for, write_nir
 
 from . import SpikingTextMLP
 
-__all__ = ['export_text_nir', 'export_spikeclip_nir', 'save_spikeclip_nir', 'spikeclip_nir_paths', 'TOWERS']
+__all__ = ['export_text_nir', 'export_spikeclip_nir', 'save_spikeclip_nir', 'spikeclip_nir_paths', 'verify_spikeclip_nir',
+           'check_text_exportable', 'TOWERS']
 
 TOWERS = ('image', 'text', 'both')
 
@@ -170,3 +172,95 @@ def save_spikeclip_nir(model: nn.Module, out: Union[str, os.PathLike], towers: s
     for tower, graph in graphs.items():
         write_nir(graph, paths[tower])
     return paths
+
+
+class _LayerTally:
+    """Identical-spike counts per layer, summed over batches (the spikes of a large set never fit in memory)."""
+
+    def __init__(self):
+        self.same: Dict[str, float] = {}
+        self.numel: Dict[str, int] = {}
+        self.spikes: Dict[str, int] = {}
+
+    def add(self, cmp: Dict[str, Any]):
+        for k, v in cmp['layers'].items():
+            self.same[k] = self.same.get(k, 0.) + v['identical'] * v['numel']
+            self.numel[k] = self.numel.get(k, 0) + v['numel']
+            self.spikes[k] = self.spikes.get(k, 0) + v['spikes_ref']
+
+    def report(self) -> Dict[str, Dict[str, float]]:
+        return {k: dict(identical=self.same[k] / self.numel[k], firing_rate=self.spikes[k] / self.numel[k])
+                for k in self.numel}
+
+
+@torch.no_grad()
+def verify_spikeclip_nir(
+        model: nn.Module,
+        paths: Dict[str, str],
+        images: torch.Tensor,
+        class_text: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        prompts_per_class: int = 1,
+        simulators: Sequence[str] = ('spikingjelly', 'snntorch'),
+        batch_size: int = 50,
+) -> Dict[str, Any]:
+    """Re-run a SpikeCLIP's exported files in other simulators and compare with the model's own forward.
+
+    Zero-shot as in ``open_clip_spike.zero_shot``: a class embedding is the normalised mean of its normalised
+    prompt embeddings; an image's prediction is the argmax of its normalised embedding times them.
+
+    Args:
+        model: The SpikeCLIP that was exported (eval mode is used).
+        paths: {'image': file, 'text': file} (``save_spikeclip_nir``).
+        images: [N, 3, H, W] preprocessed images.
+        class_text: Token ids of the prompts, [num_classes * prompts_per_class, L], class by class.
+        labels: [N] true classes (optional: adds each run's top-1 accuracy).
+        prompts_per_class: Prompts (templates) per class.
+        simulators: 'spikingjelly' and/or 'snntorch'.
+        batch_size: Images per forward pass.
+
+    Returns:
+        {'project': {'top1'?}, <simulator>: {'top1_agreement', 'top1'?, 'max_image_diff', 'max_text_diff',
+        'image_layers': {layer: {identical, firing_rate}}, 'text_layers': {...}}, 'n': N}.
+    """
+    loaders = {name: getattr(tnir, f'load_{name}') for name in simulators}
+    sims = {name: (load(paths['image']), load(paths['text'])) for name, load in loaders.items()}
+    model.eval()
+
+    def classifier(text_emb: torch.Tensor) -> torch.Tensor:
+        e = F.normalize(text_emb, dim=-1).view(-1, prompts_per_class, text_emb.shape[-1]).mean(1)
+        return F.normalize(e, dim=-1)
+
+    text_ref = tnir.project_spikes(model.text, lambda: model.text(class_text))
+    cls_ref = classifier(text_ref[0])
+    out: Dict[str, Any] = {'project': {}, 'n': len(images)}
+    pred_ref = []
+    per_sim = {name: dict(pred=[], tally=_LayerTally(), max_image_diff=0.) for name in sims}
+    for name, (_, text_sim) in sims.items():
+        run = text_sim.run(model.text.embed(class_text))
+        cmp = tnir.compare_runs(text_ref, run)
+        tally = _LayerTally()
+        tally.add(cmp)
+        per_sim[name].update(cls=classifier(run[0]), max_text_diff=cmp['max_abs_diff'], text_layers=tally.report())
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size]
+        ref = tnir.project_spikes(model.visual, lambda: model.visual(x), prefix='trunk.')
+        pred_ref.append((F.normalize(ref[0], dim=-1) @ cls_ref.T).argmax(-1))
+        for name, (image_sim, _) in sims.items():
+            run = image_sim.run(x)
+            cmp = tnir.compare_runs(ref, run)
+            d = per_sim[name]
+            d['tally'].add(cmp)
+            d['max_image_diff'] = max(d['max_image_diff'], cmp['max_abs_diff'])
+            d['pred'].append((F.normalize(run[0], dim=-1) @ d['cls'].T).argmax(-1))
+    pred_ref = torch.cat(pred_ref)
+    if labels is not None:
+        out['project']['top1'] = float((pred_ref == labels).float().mean())
+    for name, d in per_sim.items():
+        pred = torch.cat(d['pred'])
+        res = dict(top1_agreement=float((pred == pred_ref).float().mean()), max_image_diff=d['max_image_diff'],
+                   max_text_diff=d['max_text_diff'], image_layers=d['tally'].report(), text_layers=d['text_layers'])
+        if labels is not None:
+            res['top1'] = float((pred == labels).float().mean())
+        out[name] = res
+    return out
