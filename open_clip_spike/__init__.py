@@ -8,8 +8,7 @@ import timm_spike  # noqa: F401  (registers the spiking backbones with timm)
 
 from .factory import MODEL_CONFIG_DIR, list_spikeclip_models, register_model_configs
 from .model import SpikeCLIP, SpikingTimmModel
-from .text import SpikingTextMLP
-from .text_transformer import SpikingTextTransformer
+from .text import SpikingTextMLP, SpikingTextTransformer
 
 register_model_configs()
 

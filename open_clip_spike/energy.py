@@ -1,42 +1,36 @@
-"""``spikeclip energy MODEL --out DIR``: energy of a SpikeCLIP model (both towers) or a timm_spike backbone.
+"""Energy of a whole SpikeCLIP: the image tower on real images, the text tower on class prompts.
 
-For a SpikeCLIP model the image tower is measured on real images and the text tower on class prompts, each
-with its own report (same schema, ``timm_spike.energy.EnergyReport``); DIR/energy.json holds the image
-report with the text report under ``"text"``, DIR/energy.png and DIR/energy_text.png the charts. Any other
-name is taken as a timm model (``python -m timm_spike.energy``). ``--T N`` measures at N time steps instead
-of the T the model was trained with (SpikeCLIP with readout 'mean'; 'weighted' is refused).
+Each tower gets its own report (same schema, ``timm_spike.energy.EnergyReport``); ``SpikeCLIPEnergy.to_dict``
+holds the image report with the text report under ``"text"``. A model can be measured at another T than it was
+trained with (readout 'mean'; 'weighted' is refused).
 """
-import argparse
 import logging
 import os
-import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import open_clip
+from open_clip.factory import parse_model_name
 import torch
 import torch.nn as nn
 
-import timm_spike  # noqa: F401
-from open_clip_spike.model import SpikeCLIP
 from timm_spike.energy import (
     EnergyConstants, EnergyReport, TeacherEnergy, calibrate_bn, energy_report, teacher_energy)
-from timm_spike.energy.cli import (
-    HUB_PREFIXES, NO_CHECKPOINT_NOTE, add_energy_args, build_on_meta, check_checkpoint, check_plotting,
-    constants_from_args, make_loader, timm_energy_report, write_outputs)
-from timm_spike.energy.data import SKIMAGE_PHOTOS, image_dataset
-from timm_spike.energy.plot import plot_energy
+from timm_spike.energy.data import image_dataset
+from timm_spike.energy.run import NO_CHECKPOINT_NOTE, check_safetensors_file, image_loader
+from timm_spike.utils import build_on_meta
 
-__all__ = ['SpikeCLIPEnergy', 'spikeclip_energy_report', 'clip_teacher_energy', 'class_prompts', 'main']
+from .data import BUNDLED_CLASSNAMES, build_dataset
+from .data.templates import TEMPLATES
+from .model import SpikeCLIP
+from .zero_shot import check_inference_T, resolve_classnames_templates
+
+__all__ = ['SpikeCLIPEnergy', 'spikeclip_energy_report', 'spikeclip_model_energy', 'clip_teacher_energy',
+           'class_prompts', 'is_spikeclip']
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATES = ('a photo of a {}.',)
-# Class names for the bundled image sets (what a zero-shot classifier of those images would be given).
-BUNDLED_CLASSNAMES = {
-    'skimage': tuple(n.replace('_', ' ') for n in SKIMAGE_PHOTOS),
-    'digits': ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'),
-}
+DEFAULT_TEMPLATES = tuple(TEMPLATES['simple'])
 
 
 @dataclass
@@ -135,113 +129,75 @@ def spikeclip_energy_report(
     return SpikeCLIPEnergy(model=model_name, image=image, text=text)
 
 
-def _is_spikeclip(name: str) -> bool:
+def is_spikeclip(name: str) -> bool:
     """A registered SpikeCLIP config, an hf-hub: repository, or a local-dir: folder in open_clip's layout."""
-    if name.startswith('hf-hub:'):
+    schema, identifier = parse_model_name(name)
+    if schema == 'hf-hub':
         return True
-    if name.startswith('local-dir:'):
-        return os.path.isfile(os.path.join(name[len('local-dir:'):], 'open_clip_config.json'))
+    if schema == 'local-dir':
+        return os.path.isfile(os.path.join(identifier, 'open_clip_config.json'))
     cfg = open_clip.get_model_config(name) if name in open_clip.list_models() else None
     return bool(cfg) and cfg.get('model_class') == 'SpikeCLIP'
 
 
-def _dataset(args, preprocess):
+def _images(data: str, split: str, preprocess):
     """Images for the image tower: a bundled set, or a folder (IDX such as Fashion-MNIST, or ImageFolder)."""
-    if args.data in BUNDLED_CLASSNAMES or not os.path.isdir(args.data):
-        return image_dataset(args.data, preprocess)
-    from open_clip_spike.data import build_dataset
+    if data in BUNDLED_CLASSNAMES or not os.path.isdir(data):
+        return image_dataset(data, preprocess)
     try:
-        ds = build_dataset(args.data, split=args.split, transform=preprocess)
+        ds = build_dataset(data, split=split, transform=preprocess)
     except FileNotFoundError as e:
         raise ValueError(f'Empty dataset: {e}') from e
-    return ds, f'{type(ds).__name__} {os.path.abspath(args.data)} ({args.split} split)'
+    return ds, f'{type(ds).__name__} {os.path.abspath(data)} ({split} split)'
 
 
-def _class_names(args, dataset) -> List[str]:
-    from open_clip_spike.data import dataset_classnames, get_classnames
-    if args.classnames:
-        if ',' in args.classnames:
-            return [c.strip() for c in args.classnames.split(',') if c.strip()]
-        return get_classnames(args.classnames)
-    if args.data in BUNDLED_CLASSNAMES:
-        return list(BUNDLED_CLASSNAMES[args.data])
-    names = dataset_classnames(args.data, dataset)
-    if not names:
-        raise ValueError('No class names for the text-tower prompts: pass --classnames (a built-in set such as '
-                         'fashion_mnist, a text file, or "cat,dog,...")')
-    return names
+def spikeclip_model_energy(
+        model_name: str,
+        *,
+        data: str = 'skimage',
+        checkpoint: Optional[str] = None,
+        T: Optional[int] = None,
+        split: str = 'test',
+        classnames: Optional[Union[str, Sequence[str]]] = None,
+        templates: Optional[Union[str, Sequence[str]]] = None,
+        batch_size: int = 8,
+        max_samples: Optional[int] = None,
+        teacher: Optional[str] = None,
+        constants: Optional[EnergyConstants] = None,
+        calibrate: str = 'auto',
+        progress: bool = True,
+) -> SpikeCLIPEnergy:
+    """Build SpikeCLIP ``model_name`` and measure both towers: images from ``data``, prompts from its classes.
 
-
-def _templates(args) -> Sequence[str]:
-    if not args.templates:
-        return DEFAULT_TEMPLATES
-    from open_clip_spike.data import get_templates
-    return get_templates(args.templates)
-
-
-def _run_spikeclip(args) -> SpikeCLIPEnergy:
-    from open_clip_spike.zeroshot import check_inference_T
-    kwargs = check_inference_T(args.model, args.T)  # another T than trained: readout 'mean' only
-    if args.checkpoint:
-        check_checkpoint(args.checkpoint)
-    model, _, preprocess = open_clip.create_model_and_transforms(args.model, pretrained=args.checkpoint, **kwargs)
+    Args:
+        model_name: A SpikeCLIP config, ``hf-hub:ORG/NAME`` or ``local-dir:PATH``.
+        data: 'skimage', 'digits', an IDX folder or an ImageFolder.
+        checkpoint: A .safetensors file.
+        T: Time steps (default: the model's own; another T needs readout 'mean').
+        classnames, templates: As ``zero_shot.resolve_classnames_templates`` takes them (default: the data's).
+        teacher: An open_clip ANN (e.g. 'ViT-B-16') to compare with.
+        calibrate: Re-estimate BatchNorm statistics on the data first ('auto': for random weights only).
+    """
+    kwargs = check_inference_T(model_name, T)  # another T than trained: readout 'mean' only
+    if checkpoint:
+        check_safetensors_file(checkpoint)
+    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint, **kwargs)
     if not isinstance(model, SpikeCLIP):
-        raise ValueError(f'{args.model!r} is an open_clip model but not a SpikeCLIP one (no spiking towers); '
+        raise ValueError(f'{model_name!r} is an open_clip model but not a SpikeCLIP one (no spiking towers); '
                          f'give it as --teacher instead')
-    trained = bool(args.checkpoint) or args.model.startswith(HUB_PREFIXES)  # hub names bring their weights
-    tokenizer = open_clip.get_tokenizer(args.model)
-    constants = constants_from_args(args)
-    ds, desc = _dataset(args, preprocess)
-    loader = make_loader(ds, args)
-    prompts = class_prompts(_class_names(args, ds), _templates(args))
+    trained = bool(checkpoint) or parse_model_name(model_name)[0] is not None  # hub names bring their weights
+    tokenizer = open_clip.get_tokenizer(model_name)
+    constants = constants or EnergyConstants()
+    ds, desc = _images(data, split, preprocess)
+    loader = image_loader(ds, batch_size, max_samples, data)
+    names, temps = resolve_classnames_templates(classnames, templates, data, ds)
+    prompts = class_prompts(names, temps)
     notes = []
-    if args.calibrate_bn == 'yes' or (args.calibrate_bn == 'auto' and not trained):
+    if calibrate == 'yes' or (calibrate == 'auto' and not trained):
         calibrate_bn(model.visual, (x for x, _ in loader))
         notes.append(NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.')
-    teacher = clip_teacher_energy(args.teacher, prompts, constants) if args.teacher else None
+    teacher_e = clip_teacher_energy(teacher, prompts, constants) if teacher else None
     return spikeclip_energy_report(
-        model.eval(), loader, tokenizer(prompts), model_name=args.model, data_name=desc,
-        prompts_name=f'class prompts ("{prompts[0]}", ...)', constants=constants, teacher=teacher,
-        batch_size=args.batch_size, progress=not args.no_progress, notes=notes)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    prog = 'spikeclip energy'
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('model', help='a SpikeCLIP model config (e.g. SpikeCLIP-Tiny), hf-hub:ORG/NAME or local-dir:PATH '
-                                 'of a published SpikeCLIP, or a timm_spike model (e.g. spikingformer_clip)')
-    add_energy_args(p)
-    p.add_argument('--split', default='test', choices=('train', 'test'), help='split of an IDX folder (SpikeCLIP)')
-    p.add_argument('--classnames', default=None,
-                   help='class names for the text-tower prompts (SpikeCLIP): a built-in set (fashion_mnist, '
-                        'cifar10, ...), a text file with one name a line, or "cat,dog,..."; default: from --data')
-    p.add_argument('--templates', default=None,
-                   help="prompt templates (SpikeCLIP): a built-in set or a text file; default 'a photo of a {}.'")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format='%(message)s')
-    try:
-        check_plotting()
-        if _is_spikeclip(args.model):
-            result = _run_spikeclip(args)
-            paths = write_outputs(result.image, args.out, payload=result.to_dict())
-            paths.append(plot_energy(result.text, os.path.join(args.out, 'energy_text.png')))
-            table = result.table()
-        else:
-            if args.model in open_clip.list_models():
-                raise ValueError(f'{args.model!r} is an open_clip model but not a SpikeCLIP one (no spiking towers); '
-                                 f'give it as --teacher instead')
-            if args.teacher and args.teacher in open_clip.list_models():
-                raise ValueError('For a timm backbone, --teacher must be a timm model name')
-            report = timm_energy_report(args)
-            paths = write_outputs(report, args.out)
-            table = report.table()
-    except (ValueError, ImportError) as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 2
-    print(table)
-    print('\nwrote ' + ', '.join(paths))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+        model.eval(), loader, tokenizer(prompts), model_name=model_name, data_name=desc,
+        prompts_name=f'class prompts ("{prompts[0]}", ...)', constants=constants, teacher=teacher_e,
+        batch_size=batch_size, progress=progress, notes=notes)

@@ -2,7 +2,7 @@
 
 ``SpikeCLIP`` is open_clip's ``CustomTextCLIP`` with two spiking towers: a timm_spike backbone
 (``spikingformer_clip``) as ``.visual`` and the spiking MLP ``.text`` (or the spiking transformer of
-``open_clip_spike.text_transformer`` with ``text_cfg`` ``"arch": "transformer"``). It keeps open_clip's API
+``open_clip_spike.text.transformer`` with ``text_cfg`` ``"arch": "transformer"``). It keeps open_clip's API
 (``encode_image``, ``encode_text``, ``forward`` with ``output_dict``, ``logit_scale``, tower locking), so
 open_clip's factory, training loop and zero-shot helpers use it unchanged. open_clip_spike.factory makes
 ``open_clip.create_model`` build it for configs with ``"model_class": "SpikeCLIP"``.
@@ -24,8 +24,7 @@ from open_clip.utils import to_2tuple
 
 import timm
 from timm_spike.layers import LIFConfig, check_time_steps
-from .text import SpikingTextCfg, SpikingTextMLP
-from .text_transformer import SpikingTextTransformer
+from .text import SpikingTextCfg, SpikingTextMLP, SpikingTextTransformer
 
 __all__ = ['SpikeCLIP', 'SpikingTimmModel', 'SpikingVisionCfg', 'SpikingTextCfg', 'state_dict_mismatches']
 

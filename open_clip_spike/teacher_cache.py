@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from timm_spike.energy.report import atomic_write
+from timm_spike.utils import atomic_write
 
 __all__ = ['TeacherFeatureCache', 'CachedTeacher', 'StaleCacheError', 'sample_keys', 'weights_digest']
 

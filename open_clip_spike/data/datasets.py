@@ -7,6 +7,8 @@ from typing import Callable, List, Optional, Union
 import torch
 from torch.utils.data import Dataset, Subset
 
+from timm_spike.energy.data import SKIMAGE_PHOTOS
+
 from .classnames import CLASSNAMES
 from .idx import IDXDataset, is_idx_dir
 from .templates import TEMPLATES
@@ -14,6 +16,12 @@ from .templates import TEMPLATES
 __all__ = ['get_classnames', 'get_templates', 'build_dataset', 'dataset_classnames', 'TORCHVISION_DATASETS']
 
 _logger = logging.getLogger(__name__)
+
+# Class names of the image sets bundled with timm_spike.energy (what a zero-shot classifier of them is given).
+BUNDLED_CLASSNAMES = {
+    'skimage': tuple(n.replace('_', ' ') for n in SKIMAGE_PHOTOS),
+    'digits': ('zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine'),
+}
 
 # Names build_dataset accepts for torchvision's readers (downloaded into `root` when download=True).
 TORCHVISION_DATASETS = ('cifar10', 'cifar100', 'stl10', 'flowers102', 'oxford_pets', 'caltech101', 'fashion_mnist')
@@ -148,10 +156,12 @@ def build_dataset(
 
 def dataset_classnames(name_or_path: Union[str, os.PathLike], dataset: Dataset) -> Optional[List[str]]:
     """Default class names for a dataset: the built-in set of a named dataset, an ImageFolder's folder names
-    (underscores as spaces), else None (the caller must provide them)."""
+    (underscores as spaces), the names of a bundled image set ('skimage', 'digits'), else None (the caller must provide them)."""
     key = os.fspath(name_or_path)
     if key in CLASSNAMES:
         return list(CLASSNAMES[key])
+    if key in BUNDLED_CLASSNAMES:
+        return list(BUNDLED_CLASSNAMES[key])
     classes = getattr(dataset, 'classes', None)
     if classes and not isinstance(dataset, IDXDataset):
         return [c.replace('_', ' ') for c in classes]

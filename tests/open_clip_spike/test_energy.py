@@ -142,14 +142,15 @@ def test_cli_spikeclip_on_idx_fashion_mnist(tmp_path):
 
 def test_cli_on_a_published_folder(tmp_path):
     """local-dir: folders written by open_clip_spike.hub load with their weights (no BN calibration), through
-    spikeclip energy (open_clip layout, both towers) and python -m timm_spike.energy (timm layout)."""
+    spikeclip energy (open_clip layout, both towers) and timm_spike.energy.timm_model_energy (timm layout)."""
     from open_clip_spike.hub import write_hub_folder
-    from timm_spike.energy.cli import main as timm_main
+    from timm_spike.energy import timm_model_energy, write_report
     model = open_clip.create_model('SpikeCLIP-Tiny')
     folder = write_hub_folder(tmp_path / 'repo', model, 'SpikeCLIP-Tiny')
     args = ['--T', '2', '--max-samples', '2', '--batch-size', '2', '--no-progress']
     assert cli_main(['energy', f'local-dir:{folder}', *args, '--out', str(tmp_path / 'a')]) == 0
-    assert timm_main([f'local-dir:{folder}', *args, '--out', str(tmp_path / 'b')]) == 0
+    write_report(timm_model_energy(f'local-dir:{folder}', T=2, max_samples=2, batch_size=2, progress=False),
+                 str(tmp_path / 'b'))
     a = json.loads((tmp_path / 'a' / 'energy.json').read_text())
     b = json.loads((tmp_path / 'b' / 'energy.json').read_text())
     assert a['text']['num_samples'] == 8 and b['num_samples'] == 2

@@ -11,7 +11,7 @@ import open_clip
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from open_clip_spike.cli import main as cli_main
 from open_clip_spike.data import IDXDataset, get_classnames, get_templates
-from open_clip_spike.zeroshot import build_classifier, evaluate, zeroshot
+from open_clip_spike.zero_shot import build_classifier, evaluate, zeroshot
 
 TINY = 'SpikeCLIP-Tiny'
 FIXTURE = Path(__file__).parents[1] / 'fixtures' / 'fashion_mnist'

@@ -12,7 +12,7 @@ from timm_spike.energy import (
     EnergyConstants, EnergyReport, FiringRateRecorder, SCHEMA, ann_equivalent, calibrate_bn, dense_macs,
     energy_report, firing_rates,
 )
-from timm_spike.energy.cli import main as energy_main
+from timm_spike.energy.run import timm_model_energy, timm_teacher_energy, write_report
 from timm_spike.layers import create_lif
 
 aten = torch.ops.aten
@@ -156,7 +156,7 @@ def test_first_tokenizer_conv_runs_once(calibrated, images):
     assert r.T == 2
 
 
-# Spikingformer's ImageNet table (REFERENCE section 5): params, "FLOPs" and energy at T=4.
+# Spikingformer's ImageNet table (Zhou et al., 2023, Table 2): params, "FLOPs" and energy at T=4.
 PUBLISHED = {
     'spikingformer_8_384': (384, 12, 3.88e9, 4.69),
     'spikingformer_8_512': (512, 8, 6.52e9, 7.46),
@@ -247,7 +247,7 @@ def test_firing_rates_still_work(calibrated, images):
         assert rec.rates() == rates
 
 
-def test_cli_writes_json_and_chart(tmp_path, capsys):
+def test_timm_model_energy_writes_json_and_chart(tmp_path):
     from safetensors.torch import save_file
     from timm_spike.energy.data import image_dataset
     model = timm.create_model('spikingformer_clip', T=1)
@@ -256,9 +256,10 @@ def test_cli_writes_json_and_chart(tmp_path, capsys):
     photos = torch.stack([ds[i][0] for i in range(2)])
     calibrate_bn(model, [photos])
     save_file(model.state_dict(), str(tmp_path / 'w.safetensors'))
-    rc = energy_main(['spikingformer_clip', '--T', '1', '--data', 'skimage', '--max-samples', '2', '--batch-size', '2',
-                      '--checkpoint', str(tmp_path / 'w.safetensors'), '--no-progress', '--out', str(tmp_path)])
-    assert rc == 0
+    report = timm_model_energy('spikingformer_clip', T=1, data='skimage', max_samples=2, batch_size=2,
+                               checkpoint=str(tmp_path / 'w.safetensors'), progress=False)
+    paths = write_report(report, str(tmp_path))
+    assert paths == [str(tmp_path / 'energy.json'), str(tmp_path / 'energy.png')]
     d = json.loads((tmp_path / 'energy.json').read_text())
     assert d['model'] == 'spikingformer_clip' and d['T'] == 1 and d['num_samples'] == 2
     assert 'scikit-image' in d['data'] and d['energy_mj_per_image'] > 0
@@ -268,19 +269,17 @@ def test_cli_writes_json_and_chart(tmp_path, capsys):
     assert d['layers'] == direct['layers'] and d['neurons'] == direct['neurons']
     png = (tmp_path / 'energy.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 10_000
-    out = capsys.readouterr().out
-    assert 'total per image' in out and 'energy.json' in out
+    assert 'total per image' in report.table()
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_timm_model_energy_errors(tmp_path):
     (tmp_path / 'empty').mkdir()
-    assert energy_main(['spikingformer_clip', '--data', str(tmp_path / 'empty'), '--out', str(tmp_path / 'o')]) == 2
-    assert 'Empty dataset' in capsys.readouterr().err
-    assert energy_main(['not_a_model', '--out', str(tmp_path / 'o')]) == 2
-    assert 'Unknown model' in capsys.readouterr().err
-    assert energy_main(['spikingformer_clip', '--checkpoint', 'w.pth', '--out', str(tmp_path / 'o')]) == 2
-    assert '.safetensors' in capsys.readouterr().err
-    assert not (tmp_path / 'o').exists()
+    with pytest.raises(ValueError, match='Empty dataset'):
+        timm_model_energy('spikingformer_clip', data=str(tmp_path / 'empty'))
+    with pytest.raises(ValueError, match='Unknown model'):
+        timm_model_energy('not_a_model')
+    with pytest.raises(ValueError, match='.safetensors'):
+        timm_model_energy('spikingformer_clip', checkpoint='w.pth')
 
 
 def test_fused_lif_is_counted_with_the_same_spikes(calibrated, images):
@@ -298,7 +297,7 @@ def test_fused_lif_is_counted_with_the_same_spikes(calibrated, images):
 def test_teacher_macs_match_known_figures():
     """timm ANN teachers counted on the meta device: ResNet-18 1.82 GMACs, ViT-Ti/16 1.26 GMACs (timm's
     published model metrics at 224x224), including the fused scaled-dot-product attention."""
-    from timm_spike.energy.cli import build_teacher
+    build_teacher = timm_teacher_energy
     assert build_teacher('resnet18', EnergyConstants()).macs == pytest.approx(1.82e9, rel=0.01)
     vit = build_teacher('vit_tiny_patch16_224', EnergyConstants())
     assert vit.macs == pytest.approx(1.26e9, rel=0.01)

@@ -2,9 +2,10 @@
 import io
 from typing import Optional
 
-from .report import EnergyReport, atomic_write
+from ..utils import atomic_write
+from .report import EnergyReport
 
-__all__ = ['plot_energy']
+__all__ = ['plot_energy', 'save_figure']
 
 
 def plot_energy(report: EnergyReport, path: str, title: Optional[str] = None) -> str:
@@ -42,8 +43,14 @@ def plot_energy(report: EnergyReport, path: str, title: Optional[str] = None) ->
                   f'{report.ann_energy_mj:.4g} mJ' + (f'; teacher {report.teacher.energy_mj:.4g} mJ'
                                                        if report.teacher else ''))
     ax2.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> str:
+    """Write a matplotlib figure as PNG through a temporary file (never a half-written chart), then close it."""
+    import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=120)
+    fig.savefig(buf, format='png', dpi=dpi)
     plt.close(fig)
     atomic_write(path, buf.getvalue())
     return path

@@ -1,18 +1,17 @@
 """The energy report: one schema for the CLI, the Hub model card and checkpoint metadata.
 
-Convention (Spikformer / Spikingformer / Spike-driven Transformer, REFERENCE section 4):
+Convention of Spikformer / Spikingformer / Spike-driven Transformer (45 nm constants of Horowitz, ISSCC 2014):
 ``E = E_MAC * MACs + E_AC * SOPs``, where MACs are the multiply-accumulates of layers fed by real values and
 SOPs (synaptic operations) = firing rate of a layer's input spikes x its dense MACs over all time steps.
 """
 import json
 import math
-import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-__all__ = ['EnergyConstants', 'LayerEnergy', 'TeacherEnergy', 'EnergyReport', 'SCHEMA', 'atomic_path', 'atomic_write']
+from ..utils import atomic_write
+
+__all__ = ['EnergyConstants', 'LayerEnergy', 'TeacherEnergy', 'EnergyReport', 'SCHEMA']
 
 SCHEMA = 'spikeclip.energy/1'
 _PJ_TO_MJ = 1e-9
@@ -214,31 +213,3 @@ class EnergyReport:
                          f'{self.teacher.macs:.4g} MACs = {self.teacher.energy_mj:.4g} mJ'
                          f'   SNN/teacher = {r["snn_over_teacher"]:.4f}')
         return '\n'.join(lines)
-
-
-@contextmanager
-def atomic_path(path: str) -> Iterator[str]:
-    """Yield a temporary path in ``path``'s folder (same suffix) to write; rename it over ``path`` on success.
-
-    Readers see the old file or the whole new one, never a half-written one; on an error the temporary file is
-    removed and ``path`` is left as it was.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write(path: str, data: bytes):
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename over it."""
-    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
-        f.write(data)

@@ -1,0 +1,81 @@
+"""Checkpoint files: reading a state dict without unpickling code, exporting open_clip_train's ``.pt`` as
+safetensors, and the state dict a safetensors file can hold.
+
+The module prefix of DistributedDataParallel runs is removed with timm's ``clean_state_dict``; ``.pt`` files are
+read with PyTorch's restricted ``weights_only`` loader (tensors and plain containers only).
+"""
+import os
+from pathlib import Path
+from typing import Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+from timm.models import clean_state_dict
+
+from timm_spike.utils import atomic_path
+
+__all__ = ['CheckpointError', 'export_checkpoint', 'load_checkpoint_file', 'state_dict_for_safetensors']
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as a state dict of tensors."""
+
+
+def _state_dict_of(ckpt, path) -> Dict[str, torch.Tensor]:
+    if isinstance(ckpt, dict) and isinstance(ckpt.get('state_dict'), dict):
+        ckpt = ckpt['state_dict']
+    if not isinstance(ckpt, dict) or not ckpt or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise CheckpointError(f'{path} does not hold a state dict (a mapping of names to tensors)')
+    return clean_state_dict(ckpt)  # strips DistributedDataParallel's 'module.' prefix
+
+
+def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+    """State dict of a local checkpoint: safetensors, or an open_clip_train ``.pt`` (``weights_only``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'Checkpoint not found: {path}')
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # truncated or not a safetensors file
+            raise CheckpointError(f'Could not read checkpoint {path} as safetensors: {e}') from e
+    try:
+        ckpt = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'Could not read checkpoint {path} with torch.load(weights_only=True): {e}') from e
+    return _state_dict_of(ckpt, path)
+
+
+def state_dict_for_safetensors(module: nn.Module) -> Dict[str, torch.Tensor]:
+    # safetensors refuses tensors that share storage (tied weights); contiguous copies store each key as loaded.
+    return {k: v.detach().to('cpu').contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
+    """Write the model weights of an open_clip_train checkpoint (``epoch_N.pt``) as safetensors.
+
+    The result loads with ``open_clip.create_model_and_transforms(name, pretrained=<file>)``. The output is
+    written to a temporary file and renamed, so a failed export leaves nothing half-written.
+
+    Args:
+        checkpoint: Path of the ``.pt`` file written by open_clip_train.
+        output: Where to write; default: the same path with ``.safetensors``.
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+    output = output or os.path.splitext(checkpoint)[0] + '.safetensors'
+    try:
+        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f'Could not read checkpoint {checkpoint} with torch.load(weights_only=True): {e}') from e
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    sd = {k: v.detach().clone().contiguous() for k, v in _state_dict_of(ckpt, checkpoint).items()}
+    meta = {'format': 'pt', 'source': os.path.basename(checkpoint)}
+    if isinstance(ckpt, dict) and 'epoch' in ckpt:
+        meta['epoch'] = str(ckpt['epoch'])
+    with atomic_path(output) as tmp:
+        save_file(sd, tmp, metadata=meta)
+    return output

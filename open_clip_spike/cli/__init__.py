@@ -1,0 +1,54 @@
+"""The ``spikeclip`` command: git-style subcommands, each a module of this package with its own ``main(argv)``.
+
+Every subcommand is also ``python -m open_clip_spike.cli.<module>``; this file only dispatches. The modules parse
+arguments and call the library (``open_clip_spike``), the training integration (``open_clip_spike.train``) or an
+experiment pipeline (``open_clip_spike.experiments``); they hold no logic a Python user cannot call.
+"""
+import importlib
+import sys
+from typing import List, Optional
+
+# name -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS = {
+    'info': ('open_clip_spike.cli.info', 'build a registered model and print its parameters, T, input and output shapes'),
+    'train': ('open_clip_spike.train.main', 'train SpikeCLIP with open_clip_train: stage 1 alignment or stage 2 dual loss'),
+    'zeroshot': ('open_clip_spike.cli.zeroshot', 'zero-shot top-1/top-5 of a model on a dataset from class-name prompts (JSON)'),
+    'energy': ('open_clip_spike.cli.energy', 'firing rates, MACs/SOPs and energy per layer of a SpikeCLIP model or timm_spike backbone'),
+    'demo': ('open_clip_spike.cli.demo', 'SpikeCLIP end to end on Fashion-MNIST, offline: teacher, 2 stages, zero-shot, energy, Hub'),
+    'push': ('open_clip_spike.cli.push', 'publish a SpikeCLIP checkpoint on the Hugging Face Hub (or write the folder)'),
+    'sweep-t': ('open_clip_spike.cli.sweep_t', 'zero-shot accuracy and energy per image at several T of one checkpoint: table, JSON, Pareto plot'),
+    'paper': ('open_clip_spike.cli.paper', 'steps of the paper recipes (recipes/paper/): data preparation, teacher, model selection, label evaluations'),
+    'ablate': ('open_clip_spike.cli.ablate', "the paper's tower comparisons on the demo data: image tower x text tower x T, one table"),
+    'bench': ('open_clip_spike.cli.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
+    'bench-cache': ('open_clip_spike.cli.bench_cache', 'epoch time of distillation with the teacher-feature cache vs without'),
+    'export-nir': ('open_clip_spike.cli.export_nir', 'export a spiking tower to NIR (the neuromorphic exchange format) for other simulators and chips'),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ['usage: spikeclip <command> [options]', '', 'commands:']
+    lines += [f'  {name:<{width}}  {help_}' for name, (_, help_) in COMMANDS.items()]
+    lines += ['', "Run 'spikeclip <command> --help' for a command's options."]
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return 0
+    if argv[0] == '--version':
+        from open_clip_spike import __version__
+        print(f'spikeclip {__version__}')
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"spikeclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""``spikeclip bench``."""
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import List, Optional
+
+from timm_spike.utils import atomic_write
+from open_clip_spike.experiments.bench import BF16, BenchConfig, IMPLS, MODELS, probe_memory, run_bench, to_markdown
+from open_clip_spike.experiments import bench as _experiment
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog='spikeclip bench', description=_experiment.__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--out', default='bench-results', help='folder for bench.md and bench.json')
+    p.add_argument('--quick', action='store_true', help='tiny models, seconds: check that the suite runs')
+    p.add_argument('--models', nargs='+', default=None, help=f'subset of {list(MODELS)}')
+    p.add_argument('--T', type=int, nargs='+', default=None, dest='T_values', help='time steps (default 1 2 4 8)')
+    p.add_argument('--impls', nargs='+', default=None, choices=list(IMPLS) + [i + BF16 for i in IMPLS],
+                   help='neuron implementations; a +bf16 suffix runs that variant under bf16 autocast')
+    p.add_argument('--batch-size', type=int, default=None)
+    p.add_argument('--repeats', type=int, default=None)
+    p.add_argument('--threads', type=int, default=None, help='torch threads (default 2)')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
+    p.add_argument('--keep-denormals', action='store_true', help='do not flush denormal floats to zero')
+    p.add_argument('--probe-memory', default=None, help=argparse.SUPPRESS)  # internal: one memory subprocess
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+
+    if args.probe_memory is not None:
+        results = [probe_memory(spec) for spec in json.loads(args.probe_memory)]
+        atomic_write(args.out, json.dumps(results).encode())
+        return 0
+
+    overrides = {k: v for k, v in dict(
+        models=args.models, T_values=args.T_values, impls=args.impls, batch_size=args.batch_size,
+        repeats=args.repeats, threads=args.threads, device=args.device).items() if v is not None}
+    if args.no_memory:
+        overrides['memory'] = False
+    if args.keep_denormals:
+        overrides['flush_denormal'] = False
+    if args.device.startswith('cuda') and 'impls' not in overrides:
+        overrides['impls'] = ('spikingjelly',)  # spikingjelly's own CUDA/Triton kernels are the GPU path
+    unknown = set(overrides.get('models', ())) - set(MODELS)
+    if unknown:
+        p.error(f'unknown models {sorted(unknown)}; choose from {list(MODELS)}')
+    cfg = BenchConfig.quick_config(**overrides) if args.quick else BenchConfig(**overrides)
+    result = run_bench(cfg)
+    os.makedirs(args.out, exist_ok=True)
+    md = to_markdown(result)
+    atomic_write(os.path.join(args.out, 'bench.json'), json.dumps(result, indent=2).encode())
+    atomic_write(os.path.join(args.out, 'bench.md'), md.encode())
+    print(md)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""SpikeCLIP training on open_clip's own loop (the counterpart of ``open_clip_train``).
+
+``python -m open_clip_spike.train`` (``spikeclip train``) runs ``open_clip_train.main`` with SpikeCLIP's losses;
+the patches of upstream it needs live in ``patches.py``.
+"""
+from .main import CaptionLabeler, LOGS_ENV, SpikeTrainConfig, SpikeTrainError, main, resolve_classnames_templates
+from .patches import UPSTREAM_VERSION

@@ -1,0 +1,625 @@
+"""``spikeclip train`` / ``python -m open_clip_spike.train``: open_clip's own training loop with SpikeCLIP's losses.
+
+Runs ``open_clip_train.main.main`` (open_clip_torch 3.3.0) with every one of its flags, plus this module's
+``--spike-*`` flags. The teacher is any open_clip model given by ``--distill-model`` and ``--distill-pretrained``
+(a tag such as ``openai``, or a local checkpoint file); both stages need it.
+
+Stage 1 (``--spike-loss align``, `AlignmentLoss`): both towers distilled to the teacher's features; the captions
+are any text (the paper uses class names in CLIP prompt templates). A tower that no loss term uses (e.g.
+``--spike-text-weight 0``: images only, as the reference code trains them) is frozen and skipped.
+
+Stage 2 (``--spike-loss dual``, `DualLoss`): the text tower is frozen (``--lock-text`` is implied). How labels
+and class embeddings reach the loss inside open_clip's loop:
+
+- every caption must be one of the class names of ``--spike-classnames`` or one of ``--spike-templates`` filled
+  with a class name (e.g. a CSV whose ``title`` column is ``a photo of the digit three.``); a forward hook on the
+  student maps the caption's tokens to the class index and adds ``labels`` to the model's output dict, which
+  open_clip_train passes on to the loss. A caption that matches no class is an error, never a silent guess.
+- the class embeddings ``L`` (mean of the normalised template embeddings, renormalised) are computed once from
+  the frozen spiking text tower after the weights (and any ``--resume`` checkpoint) are loaded.
+- during training the hooks skip both text towers (their outputs are not used by `DualLoss`).
+
+Image size: when the teacher and the student take different input sizes (the paper: ViT-B/16 at 224, the
+spiking student at 32), the data is loaded at the larger size with that model's preprocessing and each model's
+forward pre-hook resizes (bilinear, antialiased) and renormalises its input; so the student sees CLIP's
+preprocessing followed by a bilinear resize to 32x32, as in the reference code, and the teacher its native size.
+Tokens: the loop tokenizes with the student's tokenizer; the teacher (same tokenizer family required) gets them
+zero-padded to its context length, which is what its own tokenizer would give for captions that fit the student's
+context.
+
+Energy-aware training (both stages): ``--spike-rate-weight W --spike-rate-target R`` adds the loss term
+``rate_loss`` = W x mean over the student's neuron layers of (firing rate - R)^2 (``--spike-rate-mode hinge``:
+only rates above R count). Forward hooks on the student's neurons (`SpikeRateCollector`) put the differentiable
+per-layer rates into the output dict; open_clip_train logs ``rate_loss`` per step like the other terms.
+
+Patches of open_clip_train 3.3.0 all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
+open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
+writes ``epoch_N.safetensors`` (the model weights only), which loads with
+``open_clip.create_model_and_transforms(name, pretrained=<file>)`` without unpickling anything.
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import open_clip
+from open_clip.factory import parse_model_name
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from torch import nn
+
+import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
+from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
+from open_clip_spike.checkpoint import export_checkpoint
+from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
+from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
+
+from .patches import UPSTREAM_VERSION, patched_open_clip_train
+
+__all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'main',
+           'resolve_classnames_templates']
+
+_logger = logging.getLogger(__name__)
+
+LOGS_ENV = 'SPIKECLIP_LOGS'  # torchrun's parser takes --logs for its own --logs-specs, so offer this instead
+
+
+class SpikeTrainError(ValueError):
+    """Bad input to ``spikeclip train``; the message says what is wrong and what to do."""
+
+
+@dataclass
+class SpikeTrainConfig:
+    """The ``--spike-*`` options (everything else is open_clip_train's)."""
+    loss: str = 'align'
+    image_weight: float = 1.0
+    text_weight: float = 1.0
+    contrastive_weight: float = 0.0
+    kl_weight: float = 1.0
+    kl_temperature: float = 1.0
+    classnames: Optional[str] = None
+    templates: Optional[str] = None
+    logs: Optional[str] = None
+    model_configs: Tuple[str, ...] = ()
+    export_safetensors: bool = True
+    rate_weight: float = 0.0
+    rate_target: float = 0.0
+    rate_mode: str = 'squared'
+    teacher_cache: Optional[str] = None
+
+
+def _spike_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='spikeclip train', add_help=False, allow_abbrev=False,
+        description='Train SpikeCLIP with open_clip_train; all other options are open_clip_train\'s (listed below).')
+    g = p.add_argument_group('SpikeCLIP options')
+    g.add_argument('--spike-loss', dest='loss', choices=('align', 'dual'), default='align',
+                   help='align: stage 1, distil both towers to the teacher; dual: stage 2, CE + KL with the text '
+                        'tower frozen (default: align)')
+    g.add_argument('--spike-image-weight', dest='image_weight', type=float, default=1.0,
+                   help='stage 1: weight of mean(1 - cos) on image features (default 1)')
+    g.add_argument('--spike-text-weight', dest='text_weight', type=float, default=1.0,
+                   help='stage 1: weight of mean(1 - cos) on text features (default 1)')
+    g.add_argument('--spike-contrastive-weight', dest='contrastive_weight', type=float, default=0.0,
+                   help='stage 1: weight of an extra CLIP contrastive loss on the student (default 0: off)')
+    g.add_argument('--kl-weight', dest='kl_weight', type=float, default=1.0,
+                   help='stage 2: lambda, weight of KL(teacher || student) (default 1)')
+    g.add_argument('--kl-temperature', dest='kl_temperature', type=float, default=1.0,
+                   help='stage 2: tau, temperature of the KL term (default 1)')
+    g.add_argument('--spike-classnames', dest='classnames', default=None,
+                   help='stage 2 and zero-shot: a built-in class-name set (e.g. cifar10, fashion_mnist) or a '
+                        'text file with one class name per line')
+    g.add_argument('--spike-templates', dest='templates', default=None,
+                   help='prompt templates with {} for the class name: a built-in set or a file, one per line '
+                        '(default: the set named like --spike-classnames, else "a photo of a {}.")')
+    g.add_argument('--spike-logs', dest='logs', default=None,
+                   help=f'where runs are written (open_clip_train\'s --logs, which torchrun cannot pass on); '
+                        f'also ${LOGS_ENV}')
+    g.add_argument('--spike-model-config', dest='model_configs', action='append', default=[],
+                   help='an extra open_clip model config JSON file or folder to register (repeatable)')
+    g.add_argument('--spike-rate-weight', dest='rate_weight', type=float, default=0.0,
+                   help='both stages: weight of the firing-rate regulariser rate_loss, W x mean over the '
+                        'student\'s neuron layers of (rate - target)^2 (default 0: off)')
+    g.add_argument('--spike-rate-target', dest='rate_target', type=float, default=0.0,
+                   help='target firing rate of the regulariser, spikes per neuron per step in [0, 1] (default 0)')
+    g.add_argument('--spike-rate-mode', dest='rate_mode', choices=RATE_MODES, default='squared',
+                   help='squared: pull every layer\'s rate to the target; hinge: penalise only rates above it')
+    g.add_argument('--spike-teacher-cache', dest='teacher_cache', default=None, metavar='DIR',
+                   help='keep the teacher\'s features per sample in DIR (safetensors shards): the first epoch '
+                        'computes them, later epochs and runs skip the teacher. Training images then get the '
+                        'validation preprocessing (no augmentation), which the per-sample keys need; a cache made '
+                        'for another teacher, preprocessing or precision is refused')
+    g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
+                   help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Class names, templates, labels
+
+def resolve_classnames_templates(
+        classnames: Optional[str], templates: Optional[str]) -> Tuple[Optional[List[str]], List[str]]:
+    """Class names and templates of ``--spike-classnames`` / ``--spike-templates``, by the rule every command
+    follows (``open_clip_spike.zero_shot.resolve_classnames_templates``); no class names in stage 1."""
+    try:
+        if classnames:
+            return resolve_zero_shot_names(classnames, templates)
+        return None, resolve_zero_shot_names(['class'], templates)[1]
+    except (ValueError, OSError) as e:
+        raise SpikeTrainError(f'--spike-classnames / --spike-templates: {e}') from e
+
+
+class CaptionLabeler:
+    """Maps tokenized captions to class indices: a caption is a class name or a template filled with one.
+
+    A lookup table keyed by the token ids (not by strings: open_clip_train hands the model tokens only).
+
+    Args:
+        tokenizer: The tokenizer the training data is tokenized with.
+        classnames: The class names, in label order.
+        templates: Templates with ``{}`` for the class name.
+    """
+
+    def __init__(self, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str]):
+        texts, idx = [], []
+        for i, name in enumerate(classnames):
+            for text in dict.fromkeys([name] + [t.format(name) for t in templates]):
+                texts.append(text)
+                idx.append(i)
+        self.table: Dict[Tuple[int, ...], int] = {}
+        for text, row, i in zip(texts, tokenizer(texts).tolist(), idx):
+            prev = self.table.setdefault(tuple(row), i)
+            if prev != i:
+                raise SpikeTrainError(
+                    f'caption {text!r} tokenizes like a caption of class {classnames[prev]!r} (duplicate class '
+                    f'names, or prompts cut by the context length); labels would be ambiguous')
+        self.tokenizer = tokenizer
+        self.classnames = list(classnames)
+
+    def __call__(self, text: torch.Tensor) -> torch.Tensor:
+        labels = [self.table.get(tuple(row), -1) for row in text.tolist()]
+        if -1 in labels:
+            row = text[labels.index(-1)].tolist()
+            decode = getattr(self.tokenizer, 'decode', None)
+            shown = decode([t for t in row if t]) if callable(decode) else row
+            raise SpikeTrainError(
+                f'{labels.count(-1)} caption(s) in the batch match no class, e.g. {shown!r}: in stage 2 every '
+                f'caption must be a class name of --spike-classnames or a --spike-templates prompt of one '
+                f'(classes: {self.classnames[:5]}{"..." if len(self.classnames) > 5 else ""})')
+        return torch.tensor(labels, dtype=torch.long, device=text.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input adaptation between data, student and teacher
+
+class _SwitchableTransform:
+    """The transform main() got for the student; replaced by the teacher's when data is loaded at its size."""
+
+    def __init__(self, transform: Any):
+        self.transform = transform
+
+    def __call__(self, x: Any) -> Any:
+        return self.transform(x)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def _pp_cfg(model: nn.Module) -> Dict[str, Any]:
+    cfg = dict(open_clip.get_model_preprocess_cfg(model))
+    size = cfg.get('size', 224)
+    cfg['size'] = (size, size) if isinstance(size, int) else tuple(size)
+    return cfg
+
+
+class _InputAdapter:
+    """Forward pre-/post-hook pair that fits the loop's batch to one model.
+
+    Resizes and renormalises images from the data's preprocessing to the model's, pads tokens to the model's
+    context length, optionally drops the text (stage 2, where text features are unused) and adds ``labels``
+    derived from the captions to the output dict.
+    """
+
+    def __init__(self, model: nn.Module, drop_text: str = 'never'):
+        cfg = _pp_cfg(model)
+        self.size = cfg['size']
+        self.mean = torch.tensor(cfg.get('mean', open_clip.OPENAI_DATASET_MEAN)).view(1, -1, 1, 1)
+        self.std = torch.tensor(cfg.get('std', open_clip.OPENAI_DATASET_STD)).view(1, -1, 1, 1)
+        self.data_mean, self.data_std = self.mean, self.std
+        self.context_length: Optional[int] = None
+        self.drop_text = drop_text  # 'never' | 'train' (only in training mode) | 'always'
+        self.labeler: Optional[CaptionLabeler] = None
+        self._labels: Optional[torch.Tensor] = None
+
+    def set_data_norm(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.data_mean, self.data_std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def attach(self, model: nn.Module) -> None:
+        model.register_forward_pre_hook(self.pre, with_kwargs=True)
+        model.register_forward_hook(self.post)
+
+    def adapt_image(self, image: torch.Tensor) -> torch.Tensor:
+        if not (torch.equal(self.mean, self.data_mean) and torch.equal(self.std, self.data_std)):
+            dev, dt = image.device, image.dtype
+            raw = image * self.data_std.to(dev, dt) + self.data_mean.to(dev, dt)
+            image = (raw - self.mean.to(dev, dt)) / self.std.to(dev, dt)
+        if tuple(image.shape[-2:]) != self.size:
+            image = F.interpolate(image, size=self.size, mode='bilinear', align_corners=False, antialias=True)
+        return image
+
+    def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
+        if self.context_length is not None and text.shape[-1] < self.context_length:
+            text = F.pad(text, (0, self.context_length - text.shape[-1]))  # CLIP BPE pads with token 0
+        return text
+
+    def pre(self, module: nn.Module, args: tuple, kwargs: dict):
+        image = args[0] if len(args) > 0 else kwargs.get('image')
+        text = args[1] if len(args) > 1 else kwargs.get('text')
+        rest = {k: v for k, v in kwargs.items() if k not in ('image', 'text')}
+        self._labels = None
+        if text is not None and self.labeler is not None and module.training:
+            self._labels = self.labeler(text)  # only the training loop's loss needs them
+        if image is not None:
+            image = self.adapt_image(image)
+        if text is not None:
+            if self.drop_text == 'always' or (self.drop_text == 'train' and module.training):
+                text = None
+            else:
+                text = self.adapt_text(text)
+        return (), dict(rest, image=image, text=text)
+
+    def post(self, module: nn.Module, args: tuple, output: Any) -> Any:
+        if self._labels is not None and isinstance(output, dict):
+            output['labels'] = self._labels
+        self._labels = None
+        return output
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run: what the patched functions of open_clip_train call
+
+def _embed_dim(model: nn.Module, name: str) -> int:
+    cfg = open_clip.get_model_config(name)
+    if cfg and 'embed_dim' in cfg:
+        return int(cfg['embed_dim'])
+    # hf-hub: / local-dir: models have no local config: ask the model.
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model.encode_image(torch.zeros(1, 3, *_pp_cfg(model)['size'], device=p.device, dtype=p.dtype))
+    model.train(was_training)
+    return out.shape[-1]
+
+
+def _student_text_used(cfg: SpikeTrainConfig) -> bool:
+    # text features enter the loss only in stage 1 with a text or a contrastive term
+    return cfg.loss == 'align' and (cfg.text_weight > 0 or cfg.contrastive_weight > 0)
+
+
+def _student_image_used(cfg: SpikeTrainConfig) -> bool:
+    return cfg.loss == 'dual' or cfg.image_weight > 0 or cfg.contrastive_weight > 0
+
+
+class _Run:
+    """State of one ``spikeclip train`` run, shared by the patched open_clip_train functions."""
+
+    def __init__(self, cfg: SpikeTrainConfig, oc_args: argparse.Namespace):
+        self.cfg = cfg
+        self.oc_args = oc_args  # parsed up front from the same argv; main() parses its own copy
+        self.classnames, self.templates = resolve_classnames_templates(cfg.classnames, cfg.templates)
+        self.student: Optional[nn.Module] = None
+        self.teacher: Optional[nn.Module] = None
+        self.student_adapter: Optional[_InputAdapter] = None
+        self.teacher_adapter: Optional[_InputAdapter] = None
+        self.transforms: Tuple[_SwitchableTransform, ...] = ()
+        self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
+        self.rate_collector: Optional[SpikeRateCollector] = None
+        self.cache: Optional[TeacherFeatureCache] = None
+
+    @property
+    def _student_text_used(self) -> bool:
+        return _student_text_used(self.cfg)
+
+    @property
+    def _teacher_text_used(self) -> bool:
+        return self.cfg.loss == 'align' and self.cfg.text_weight > 0
+
+    # open_clip_train.main.create_model_and_transforms: first call = student, second = teacher.
+    def create_model_and_transforms(self, *args, **kwargs):
+        model, pp_train, pp_val = open_clip.create_model_and_transforms(*args, **kwargs)
+        if self.student is None:
+            self.student = model
+            self.student_adapter = _InputAdapter(model, drop_text='never' if self._student_text_used else 'train')
+            self.student_adapter.attach(model)
+            if self.cfg.rate_weight > 0:  # differentiable firing rates into the output dict, for rate_loss
+                try:
+                    self.rate_collector = SpikeRateCollector(model)
+                except ValueError as e:
+                    raise SpikeTrainError(f'--spike-rate-weight: {e}') from e
+            self.transforms = (_SwitchableTransform(pp_train), _SwitchableTransform(pp_val))
+            return model, self.transforms[0], self.transforms[1]
+        self.teacher = model
+        model.requires_grad_(False)  # upstream leaves the teacher trainable (and DDP-wraps it)
+        self._check_teacher()
+        self.teacher_adapter = _InputAdapter(model, drop_text='never' if self._teacher_text_used else 'always')
+        self.teacher_adapter.attach(model)
+        self._set_up_inputs()
+        if self.cfg.teacher_cache:
+            return self._cached_teacher(model), pp_train, pp_val
+        return model, pp_train, pp_val
+
+    def _cached_teacher(self, teacher: nn.Module) -> CachedTeacher:
+        a, ad = self.oc_args, self.teacher_adapter
+        # an augmented image would never hit the cache: training images get the validation preprocessing
+        self.transforms[0].transform = self.transforms[1].transform
+        fingerprint = {
+            'teacher': a.distill_model,
+            'pretrained': a.distill_pretrained,
+            'weights_blake2b': weights_digest(teacher),
+            'data_preprocess': repr(self.transforms[1]),
+            'teacher_input': {'size': list(ad.size), 'mean': ad.mean.flatten().tolist(),
+                              'std': ad.std.flatten().tolist(), 'data_mean': ad.data_mean.flatten().tolist(),
+                              'data_std': ad.data_std.flatten().tolist()},
+            'context_length': ad.context_length,
+            'precision': a.precision,
+        }
+        try:
+            rank = int(os.environ.get('RANK', 0))
+            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank)
+        except StaleCacheError as e:
+            raise SpikeTrainError(str(e)) from e
+        image = self.cfg.loss == 'dual' or self.cfg.image_weight > 0
+        _logger.info(f'teacher-feature cache {self.cfg.teacher_cache}: {self.cache.stats()["entries"]} features '
+                     f'cached; training images are not augmented')
+        return CachedTeacher(teacher, self.cache, image=image, text=self._teacher_text_used)
+
+    def _check_teacher(self) -> None:
+        a = self.oc_args
+        d_s, d_t = _embed_dim(self.student, a.model), _embed_dim(self.teacher, a.distill_model)
+        if d_s != d_t:
+            raise SpikeTrainError(
+                f'teacher {a.distill_model!r} has embedding size {d_t}, student {a.model!r} {d_s}: the losses '
+                f'compare their embeddings directly, so pick a teacher with a {d_s}-d embedding (the paper\'s '
+                f'is ViT-B-16/openai, 512-d)')
+
+    def _set_up_inputs(self) -> None:
+        a = self.oc_args
+        s_cfg, t_cfg = _pp_cfg(self.student), _pp_cfg(self.teacher)
+        s_area, t_area = s_cfg['size'][0] * s_cfg['size'][1], t_cfg['size'][0] * t_cfg['size'][1]
+        src = self.teacher_adapter if t_area > s_area else self.student_adapter
+        if t_area > s_area:
+            pp = PreprocessCfg(**{k: v for k, v in t_cfg.items() if k in PreprocessCfg.__annotations__})
+            self.transforms[0].transform = image_transform_v2(pp, is_train=True, aug_cfg=a.aug_cfg)
+            self.transforms[1].transform = image_transform_v2(pp, is_train=False)
+            _logger.info(f'data loaded at the teacher\'s {t_cfg["size"]}; the student\'s input resized to '
+                         f'{s_cfg["size"]}')
+        for adapter in (self.student_adapter, self.teacher_adapter):
+            adapter.set_data_norm(src.mean, src.std)
+        if self._teacher_text_used:
+            s_tok = open_clip.get_tokenizer(a.model, context_length=a.force_context_length)
+            t_tok = open_clip.get_tokenizer(a.distill_model)
+            if type(s_tok) is not type(t_tok):
+                raise SpikeTrainError(
+                    f'student tokenizer {type(s_tok).__name__} and teacher tokenizer {type(t_tok).__name__} '
+                    'differ; the loop feeds both the student\'s tokens, so the teacher must use the same one')
+            if s_tok.context_length > t_tok.context_length:
+                raise SpikeTrainError(
+                    f'student context length {s_tok.context_length} exceeds the teacher\'s '
+                    f'{t_tok.context_length}; pass --force-context-length {t_tok.context_length} or smaller')
+            self.teacher_adapter.context_length = t_tok.context_length
+
+    # open_clip_train.main.create_loss
+    def create_loss(self, args: argparse.Namespace) -> nn.Module:
+        self.args = args
+        c = self.cfg
+        rate = dict(rate_weight=c.rate_weight, rate_target=c.rate_target, rate_mode=c.rate_mode)
+        if c.loss == 'align':
+            return AlignmentLoss(
+                image_weight=c.image_weight, text_weight=c.text_weight, contrastive_weight=c.contrastive_weight,
+                local_loss=args.local_loss, gather_with_grad=args.gather_with_grad,
+                rank=args.rank, world_size=args.world_size, use_horovod=args.horovod, **rate)
+        text_tower = getattr(self.student, 'text', None)
+        if text_tower is not None and any(p.requires_grad for p in text_tower.parameters()):
+            raise SpikeTrainError(f'{args.model}: lock_text_tower() left text parameters trainable; stage 2 needs '
+                                  'the text tower frozen')
+        tokenizer = open_clip.get_tokenizer(args.model, context_length=args.force_context_length)
+        self.student_adapter.labeler = CaptionLabeler(tokenizer, self.classnames, self.templates)
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            L = open_clip.build_zero_shot_classifier(
+                self.student, tokenizer=tokenizer, classnames=self.classnames, templates=self.templates,
+                num_classes_per_batch=10, device=args.device)
+        self.student.train(was_training)
+        _logger.info(f'stage 2: class embeddings of {len(self.classnames)} classes x {len(self.templates)} '
+                     f'templates from the frozen text tower')
+        return DualLoss(L.float(), kl_weight=c.kl_weight, kl_temperature=c.kl_temperature, **rate).to(args.device)
+
+    # open_clip_train.train.zero_shot_eval
+    def zero_shot_eval(self, model, data, epoch, args, tokenizer=None):
+        import open_clip_train.zero_shot as zs
+        if self.classnames is None or 'imagenet-val' not in data:
+            return self._upstream_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
+        dataset = data['imagenet-val'].dataloader.dataset
+        folders = list(dataset.classes)
+        names = ordered = self.classnames
+        if set(folders) <= set(names):
+            # folders named after (some of) the classes: relabel ImageFolder's sorted indices to class indices,
+            # so the classifier always covers the full class set
+            dataset.target_transform = _Relabel([names.index(f) for f in folders])
+        elif len(folders) == len(names):
+            pass  # folders sorted in class-name order (e.g. 0_tshirt, 1_trouser, ...)
+        else:
+            raise SpikeTrainError(
+                f'zero-shot folder {args.imagenet_val!r} has {len(folders)} class folders, --spike-classnames '
+                f'{len(names)} names; name the folders after the classes or sort them in class order')
+        saved = zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES
+        zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = ordered, self.templates
+        try:
+            results = self._upstream_zero_shot_eval(model, {'imagenet-val': data['imagenet-val']}, epoch, args,
+                                                    tokenizer=tokenizer)
+        finally:
+            zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = saved
+        return {k.replace('imagenet-zeroshot', 'zeroshot'): v for k, v in results.items()}
+
+    _upstream_zero_shot_eval = None  # set by patched_open_clip_train
+    _upstream_train_one_epoch = None
+
+    # open_clip_train.main.train_one_epoch
+    def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self._upstream_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
+                                                  args, **kwargs)
+        finally:
+            seconds = time.perf_counter() - start
+            record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
+            if self.cache is not None:
+                self.cache.flush()  # also after an interrupted epoch: its finished batches stay cached
+                record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
+            _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
+                f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
+            base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
+            if base and getattr(args, 'rank', 0) == 0 and os.path.isdir(base):
+                with open(os.path.join(base, 'spike_epochs.jsonl'), 'a') as f:
+                    f.write(json.dumps(record) + '\n')
+
+
+class _Relabel:
+    """ImageFolder target_transform: folder index -> class index (a class, so DataLoader workers can pickle it)."""
+
+    def __init__(self, mapping: List[int]):
+        self.mapping = mapping
+
+    def __call__(self, target: int) -> int:
+        return self.mapping[target]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoint export
+
+def _export_all(checkpoint_dir: str) -> List[str]:
+    written = []
+    for pt in sorted(glob.glob(os.path.join(checkpoint_dir, 'epoch_*.pt'))):
+        out = os.path.splitext(pt)[0] + '.safetensors'
+        if not os.path.exists(out) or os.path.getmtime(out) < os.path.getmtime(pt):
+            written.append(export_checkpoint(pt, out))
+            _logger.info(f'exported {out}')
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Entry point
+
+def _known_model(name: str) -> bool:
+    return parse_model_name(name)[0] is not None or name in open_clip.list_models()
+
+
+def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
+    models = [m for m in open_clip.list_models() if m.startswith('SpikeCLIP')]
+    if not _known_model(a.model):
+        raise SpikeTrainError(f'unknown model {a.model!r}; SpikeCLIP models: {models} (any open_clip model name, '
+                              f'hf-hub:ORG/NAME or local-dir:PATH works; --spike-model-config adds a config)')
+    if (a.distill_model is None) != (a.distill_pretrained is None) or a.distill_model is None:
+        raise SpikeTrainError(
+            'SpikeCLIP training distils from a teacher: give both --distill-model (an open_clip model, e.g. '
+            'ViT-B-16) and --distill-pretrained (a tag such as openai, or a checkpoint file)')
+    if not _known_model(a.distill_model):
+        raise SpikeTrainError(f'unknown teacher model {a.distill_model!r} (--distill-model): not an open_clip model')
+    if cfg.loss == 'dual' and cfg.classnames is None:
+        raise SpikeTrainError('stage 2 (--spike-loss dual) needs the class names of the dataset: pass '
+                              '--spike-classnames NAME_OR_FILE (captions must be those names or prompts of them)')
+    if cfg.loss == 'dual' and a.lock_text_unlocked_layers:
+        raise SpikeTrainError('stage 2 freezes the whole text tower (its class embeddings are computed once); '
+                              'drop --lock-text-unlocked-layers')
+    if cfg.rate_weight < 0:
+        raise SpikeTrainError(f'--spike-rate-weight must be >= 0, got {cfg.rate_weight}')
+    if not 0 <= cfg.rate_target <= 1:
+        raise SpikeTrainError(f'--spike-rate-target is a firing rate (spikes per neuron per step) in [0, 1], '
+                              f'got {cfg.rate_target}')
+    if cfg.teacher_cache and a.aug_cfg:
+        raise SpikeTrainError('--spike-teacher-cache keys the teacher\'s features by the exact preprocessed input, '
+                              'so training images are not augmented: drop --aug-cfg (or the cache)')
+    if a.accum_freq != 1:
+        raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
+    if a.name and a.logs and a.logs.lower() != 'none':
+        existing = os.path.join(a.logs, a.name, 'out.log')
+        if os.path.exists(existing) and a.resume != 'latest':
+            raise SpikeTrainError(
+                f'experiment {a.name!r} already exists in {a.logs}: continue it with --resume latest, or pick a '
+                f'new --name')
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse the ``--spike-*`` options, hand the rest to open_clip_train and return an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _spike_parser()
+    if '-h' in argv or '--help' in argv:
+        parser.print_help()
+        print('\nopen_clip_train options:')
+        from open_clip_train.params import parse_args
+        try:
+            parse_args(['--help'])
+        except SystemExit:
+            pass
+        return 0
+    ns, rest = parser.parse_known_args(argv)
+    cfg = SpikeTrainConfig(**{**vars(ns), 'model_configs': tuple(ns.model_configs)})
+    logs = cfg.logs or os.environ.get(LOGS_ENV)
+    if logs:
+        if any(r == '--logs' or r.startswith('--logs=') for r in rest):
+            print('spikeclip train: error: give the log folder once (--logs or --spike-logs/$SPIKECLIP_LOGS)',
+                  file=sys.stderr)
+            return 2
+        rest += ['--logs', logs]
+    # A tower whose features no loss term uses is frozen (stage 2: the text tower, as in the paper): its weights
+    # could not learn anything, and DDP refuses trainable parameters that get no gradient.
+    if not _student_text_used(cfg) and '--lock-text' not in rest:
+        rest.append('--lock-text')
+    if not _student_image_used(cfg) and '--lock-image' not in rest:
+        rest.append('--lock-image')
+    for path in cfg.model_configs:
+        if not os.path.exists(path):
+            print(f'spikeclip train: error: --spike-model-config {path!r} does not exist', file=sys.stderr)
+            return 2
+        open_clip.add_model_config(path)
+
+    from open_clip_train.main import main as open_clip_train_main
+    from open_clip_train.params import parse_args
+    new_dir = None
+    try:
+        oc_args = parse_args(rest)
+        _validate(cfg, oc_args)
+        run = _Run(cfg, oc_args)
+        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none':
+            new_dir = os.path.join(oc_args.logs, oc_args.name)
+            new_dir = None if os.path.exists(new_dir) else new_dir
+        with patched_open_clip_train(run):
+            rc = open_clip_train_main(rest)
+    except SpikeTrainError as e:
+        _logger.error(str(e))
+        print(f'spikeclip train: error: {e}', file=sys.stderr)
+        # A run refused before its first checkpoint leaves no experiment folder behind (a rerun with the same
+        # --name would otherwise be refused as existing).
+        if new_dir and os.environ.get('RANK', '0') == '0' and os.path.isdir(new_dir) \
+                and not glob.glob(os.path.join(new_dir, '**', '*.pt'), recursive=True):
+            shutil.rmtree(new_dir, ignore_errors=True)
+        return 2
+    if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
+        return 1
+    args = run.args
+    if cfg.export_safetensors and args is not None and getattr(args, 'save_logs', False):
+        _export_all(args.checkpoint_path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

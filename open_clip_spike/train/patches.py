@@ -1,0 +1,91 @@
+"""Every patch of open_clip_train that the SpikeCLIP integration needs, each with its reason.
+
+Written for open_clip_torch ``UPSTREAM_VERSION``; ``patched_open_clip_train`` applies them for one run and
+undoes them on exit.
+"""
+import contextlib
+import functools
+import inspect
+import logging
+from typing import List, Optional, Sequence
+
+import open_clip
+import torch
+from torch import nn
+
+__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train']
+
+_logger = logging.getLogger(__name__)
+
+UPSTREAM_VERSION = '3.3.0'  # the open_clip_train version the patches below were written for
+
+
+class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
+    """DDP that accepts ``device_ids=[cpu]`` (dropped, as PyTorch requires on CPU) and leaves a module without
+    trainable parameters (the frozen teacher) unwrapped (DDP refuses it and it has nothing to synchronise)."""
+
+    def __new__(cls, module: nn.Module, *args, **kwargs):
+        if not any(p.requires_grad for p in module.parameters()):
+            return module
+        return super().__new__(cls)
+
+    def __init__(self, module: nn.Module, device_ids: Optional[list] = None, **kwargs):
+        if device_ids and all(torch.device(d).type == 'cpu' for d in device_ids):
+            device_ids = None
+        super().__init__(module, device_ids=device_ids, **kwargs)
+
+
+def _accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[float]:
+    """open_clip_train.zero_shot.accuracy without float(ndarray) (an error from numpy 2.4 on) and with k
+    capped at the number of classes (upstream's topk(5) fails with fewer than 5 classes)."""
+    k_max = min(max(topk), output.shape[1])
+    pred = output.topk(k_max, 1, True, True)[1].t()
+    correct = pred.eq(target.view(1, -1).expand_as(pred))
+    return [correct[:min(k, k_max)].reshape(-1).float().sum().item() for k in topk]
+
+
+def _tar_file_expander_without_eof(expander):
+    params = inspect.signature(expander).parameters
+    if 'eof_value' not in params:
+        return expander
+    return functools.partial(expander, eof_value=None)
+
+
+@contextlib.contextmanager
+def patched_open_clip_train(run):
+    """Every patch of open_clip_train (written for open_clip_torch 3.3.0) and why; undone on exit."""
+    import open_clip_train.main as oc_main
+    import open_clip_train.train as oc_train
+    import open_clip_train.zero_shot as oc_zero_shot
+    if open_clip.__version__ != UPSTREAM_VERSION:
+        _logger.warning(f'open_clip_spike.train.patches patches open_clip_train {UPSTREAM_VERSION}; found '
+                        f'{open_clip.__version__}')
+    run._upstream_zero_shot_eval = oc_train.zero_shot_eval
+    run._upstream_train_one_epoch = oc_main.train_one_epoch
+    patches = [
+        # main imported create_loss by name: the only way to plug in AlignmentLoss / DualLoss.
+        (oc_main, 'create_loss', run.create_loss),
+        # to see the student and teacher (embedding check, frozen teacher, hooks, teacher-size data).
+        (oc_main, 'create_model_and_transforms', run.create_model_and_transforms),
+        # main DDP-wraps with device_ids=[device], which PyTorch rejects on CPU; it also wraps the frozen teacher.
+        (torch.nn.parallel, 'DistributedDataParallel', _CpuSafeDDP),
+        # zero-shot knows only ImageNet's class names: use the run's (train imported zero_shot_eval by name).
+        (oc_train, 'zero_shot_eval', run.zero_shot_eval),
+        # accuracy() calls float() on a 1-element array, an error from numpy 2.4 on.
+        (oc_zero_shot, 'accuracy', _accuracy),
+        # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache written after each epoch.
+        (oc_main, 'train_one_epoch', run.train_one_epoch),
+    ]
+    import open_clip_train.data as oc_data
+    if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
+        # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for
+        # a file (KeyError 'fname'); ask for no marker (webdataset < 1.0 behaviour).
+        patches.append((oc_data, 'tar_file_expander', _tar_file_expander_without_eof(oc_data.tar_file_expander)))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    try:
+        for mod, name, value in patches:
+            setattr(mod, name, value)
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
