@@ -28,7 +28,7 @@ demo-quick: $(STAMP) data
 	$(VENV)/bin/spikeclip demo --quick --out out/demo-quick
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
