@@ -87,10 +87,12 @@ def timm_model_energy(
             'yes' or 'no'.
     """
     import timm
+    from timm.models import parse_model_name
+
     import timm_spike  # noqa: F401  (registers the spiking models)
     if calibrate not in CALIBRATE_MODES:
         raise ValueError(f'calibrate must be one of {CALIBRATE_MODES}, got {calibrate!r}')
-    hub = model_name.startswith(HUB_PREFIXES)
+    hub = parse_model_name(model_name)[0] is not None  # timm's own parsing of hf-hub: / local-dir:
     if not hub and model_name not in timm.list_models():
         known = ', '.join(timm.list_models('spikingformer*'))
         raise ValueError(f'Unknown model {model_name!r}; registered spiking models: {known} '
