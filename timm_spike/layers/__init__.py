@@ -4,3 +4,5 @@ from .checkpoint import checkpoint_module, preserve_bn_running_stats
 from .fused_lif import FusedLIFParams, lif_multi_step_fused, set_fused_compile
 from .readout import READOUTS, TemporalReadout
 from .time import check_time_steps, encode_direct
+from .fx import SPIKING_LEAF_MODULES
+from .factory import device_scope, linear_like

@@ -1,28 +1,31 @@
 """The timm API shared by the backbones adopted from spikingjelly's model zoo.
 
-spikingjelly 2.0's zoo models (Spike-driven Transformer, QKFormer, SEW-ResNet) are plain classifiers: a
+spikingjelly 2.0's zoo models (Spikformer, Spike-driven Transformer, QKFormer, SEW-ResNet) are plain classifiers: a
 ``forward`` that returns logits, stateful neurons that must be reset between inputs, no way to swap the head.
-Each family file (``spike_driven.py``, ``qkformer.py``, ``sew_resnet.py``) adopts the zoo's own stems and
-blocks and implements ``forward_trunk``; this base adds, once for all three, what timm and open_clip expect:
-input checks and direct encoding (the first conv runs once, not T times), a neuron reset at every forward,
-a readout over time that takes any T (``TemporalReadout``), a linear head usable as SpikeCLIP's projection,
-``reset_classifier`` and the rest of timm's model API.
-
-Not provided: ``features_only`` / ``forward_intermediates``.
+Each family file (``spikformer.py``, ``spike_driven.py``, ``qkformer.py``, ``sew_resnet.py``) adopts the zoo's own
+stems and blocks and names its feature levels (``level_modules``); this base adds, once for all, what timm and
+open_clip expect: input checks and direct encoding (the first conv runs once, not T times), neurons that start
+from rest at every call (``StatelessLIFNode``), a readout over time that takes any T (``TemporalReadout``), a linear
+head usable as SpikeCLIP's projection, ``forward_features`` (batch-first) / ``forward_features_seq`` (time-major),
+``forward_intermediates`` / ``features_only`` / ``prune_intermediate_layers``, gradient checkpointing, timm's
+``device=`` / ``dtype=`` arguments and the rest of timm's model API.
 """
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import neuron
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
 
-from ..layers import LIFConfig, TemporalReadout
+from ..layers import LIFConfig, StatelessLIFNode, TemporalReadout, checkpoint_module, linear_like
 from ..layers.time import check_time_steps, encode_direct
+from .spikingformer import resolve_global_pool
 
-__all__ = ['ZooSpikingNet', 'check_zoo_lif', 'create_zoo_model', 'run_once_on_direct_input', 'zoo_cfg',
-           'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_CFG']
+__all__ = ['ZooSpikingNet', 'check_zoo_lif', 'create_zoo_model', 'make_neurons_stateless', 'run_once_on_direct_input',
+           'zoo_cfg', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_CFG']
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -30,15 +33,16 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 GLOBAL_POOLS = ('avg', '')
 
 # overrides of ``zoo_cfg``'s CIFAR defaults for the ImageNet variants
-IMAGENET_CFG = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+IMAGENET_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(14, 14), crop_pct=0.875,
                     mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
 def zoo_cfg(first_conv: str, classifier: str = 'head', url: str = '', **kwargs) -> Dict[str, Any]:
-    """A timm pretrained cfg with the zoo's CIFAR defaults (32x32, CIFAR mean/std); ``kwargs`` override them."""
+    """A timm pretrained cfg with the zoo's CIFAR defaults (32x32, CIFAR mean/std, an 8x8 feature map); ``kwargs``
+    override them."""
     return {
         'url': url,
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': CIFAR_MEAN, 'std': CIFAR_STD,
         'first_conv': first_conv, 'classifier': classifier,
@@ -47,12 +51,40 @@ def zoo_cfg(first_conv: str, classifier: str = 'head', url: str = '', **kwargs) 
     }
 
 
-def create_zoo_model(model_cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg`` for a ``ZooSpikingNet``, refusing ``features_only`` with a clear error."""
-    if kwargs.pop('features_only', False):
-        raise ValueError(f'{variant} does not support features_only (no forward_intermediates); use '
-                         f'forward_features, or a spikingformer_* model for per-block feature maps')
-    return build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+def create_zoo_model(
+        model_cls: type,
+        variant: str,
+        pretrained: bool = False,
+        default_out_indices: Union[int, Tuple[int, ...]] = 3,
+        **kwargs,
+) -> nn.Module:
+    """timm's ``build_model_with_cfg`` for a ``ZooSpikingNet``; ``features_only`` gives ``default_out_indices``
+    unless ``out_indices`` is given (an int n: the last n feature levels)."""
+    out_indices = kwargs.pop('out_indices', default_out_indices)
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def make_neurons_stateless(module: nn.Module) -> nn.Module:
+    """Replace the zoo's ``neuron.LIFNode`` s (stateful: the potential carries over to the next call) with
+    ``StatelessLIFNode`` s of the same parameters, which start every call from rest.
+
+    Every forward is then independent of the previous one without a ``reset_net`` (which FX graphs and
+    TorchScript would not replay), a recomputed block under gradient checkpointing starts from the same state as
+    its first pass, and the neurons follow the process-wide LIF implementation switch (``set_lif_impl``).
+    """
+    for name, child in list(module.named_modules()):
+        if type(child) is not neuron.LIFNode:
+            continue
+        new = StatelessLIFNode(
+            tau=child.tau, decay_input=child.decay_input, v_threshold=child.v_threshold, v_reset=child.v_reset,
+            surrogate_function=child.surrogate_function, detach_reset=child.detach_reset, step_mode='m',
+            store_v_seq=child.store_v_seq)
+        module.set_submodule(name, new)
+    return module
 
 
 def check_zoo_lif(lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]], family: str):
@@ -93,20 +125,34 @@ def run_once_on_direct_input(conv: nn.Module) -> nn.Module:
     return conv
 
 
-def _check_global_pool(global_pool: str):
-    if global_pool not in GLOBAL_POOLS:
-        raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
+@register_notrace_function  # FX: branches on the input's rank and size
+def zoo_input_sequence(x: torch.Tensor, T: int, in_chans: int, img_size: Tuple[int, int]) -> torch.Tensor:
+    """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] sequences -> checked sequence."""
+    if x.ndim == 4:
+        x = encode_direct(x, T)
+    elif x.ndim != 5:
+        raise ValueError(f'Expected [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}')
+    if tuple(x.shape[-2:]) != tuple(img_size) or x.shape[2] != in_chans:
+        raise ValueError(f'Input {tuple(x.shape)} does not match the model input '
+                         f'{in_chans}x{img_size[0]}x{img_size[1]}; resize the images '
+                         f'(or build the model with img_size/in_chans)')
+    return x
 
 
 class ZooSpikingNet(nn.Module):
-    """Base of the zoo wrappers: timm's head / readout / input API around a spiking trunk.
+    """Base of the zoo wrappers: timm's head / readout / input / feature API around a spiking trunk.
 
-    Subclasses build their trunk, call ``_init_api`` and implement ``forward_trunk`` ([T, B, C, H, W] in,
-    [T, B, D, H', W'] out) and ``group_matcher``. ``head_name`` is the classifier attribute ('head', or 'fc'
-    where the zoo's and timm's ResNets use that name, so their checkpoints load unchanged).
+    Subclasses build their trunk (inside ``device_scope(device)``), call ``_init_api`` and implement
+    ``group_matcher``. ``level_modules`` names the modules of each feature level in order (level 0 the stem); the
+    trunk runs them in that order, each [T, B, C, H, W] -> [T, B, C', H', W']; ``level_channels`` and
+    ``level_reductions`` give each level's width and stride. ``head_name`` is the classifier attribute ('head', or 'fc' where the zoo's and timm's ResNets use
+    that name, so their checkpoints load unchanged).
     """
     head_name: str = 'head'
     family: str = 'model'
+    level_modules: List[Tuple[str, ...]]
+    level_channels: List[int]
+    level_reductions: List[int]
 
     def _init_api(
             self,
@@ -118,30 +164,43 @@ class ZooSpikingNet(nn.Module):
             T: int,
             readout: str,
             drop_rate: float,
+            dtype: Optional[torch.dtype] = None,
     ):
-        _check_global_pool(global_pool)
+        self.global_pool = resolve_global_pool('avg', 0, global_pool)
         self.T = check_time_steps(T)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if len(self.img_size) != 2 or any(not isinstance(s, int) or s < 1 for s in self.img_size):
             raise ValueError(f'img_size must be an int or (height, width) of positive ints, got {img_size!r}')
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = num_features
-        self.readout = TemporalReadout(self.T, readout)
-        self.head_drop = nn.Dropout(drop_rate)
-        setattr(self, self.head_name, self._make_head(num_classes))
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        if num_classes and not self.global_pool:
-            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
         if num_classes < 0:
             raise ValueError(f'num_classes must be >= 0, got {num_classes}')
-        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        if isinstance(head, nn.Linear):
-            nn.init.trunc_normal_(head.weight, std=.02)
-            nn.init.zeros_(head.bias)
-        return head
+        if num_classes and not self.global_pool:
+            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
+        make_neurons_stateless(self)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = num_features
+        self.grad_checkpointing = False
+        self.readout = TemporalReadout(self.T, readout)
+        self.head_drop = nn.Dropout(drop_rate)
+        setattr(self, self.head_name, linear_like(self, num_features, num_classes))
+        self.feature_info = [
+            dict(num_chs=c, reduction=r, module=names[-1])
+            for names, c, r in zip(self.level_modules, self.level_channels, self.level_reductions)]
+        if dtype is not None:
+            self.to(dtype=dtype)
+
+    def _levels(self) -> List[List[nn.Module]]:
+        return [[self.get_submodule(n) for n in names] for names in self.level_modules]
+
+    def _run_level(self, level: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        ckpt = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        for module in level:
+            if not ckpt:
+                x = module(x)
+            else:  # per block, so a stage's recompute holds one block's activations at a time
+                for blk in (module if isinstance(module, nn.Sequential) else [module]):
+                    x = checkpoint_module(blk, x)
+        return x
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -153,50 +212,104 @@ class ZooSpikingNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
-        if enable:
-            raise NotImplementedError(f"{self.family} cannot checkpoint its blocks: spikingjelly's stateful "
-                                      f"neurons would recompute from the wrong membrane potential")
+        # safe: the neurons start from rest at every call, so a recomputed block is the same block
+        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return getattr(self, self.head_name)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            _check_global_pool(global_pool)
-            self.global_pool = global_pool
+        self.global_pool = resolve_global_pool(self.global_pool, num_classes, global_pool)
         self.num_classes = num_classes
-        setattr(self, self.head_name, self._make_head(num_classes))
+        setattr(self, self.head_name, linear_like(self, self.num_features, num_classes))
 
-    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, B, C, H, W] (checked, neurons at rest) -> [T, B, D, H', W']."""
-        raise NotImplementedError
+    def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> [T, B, D, H', W']."""
+        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size)
+        for level in self._levels():
+            x = self._run_level(level, x)
+        return x
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> [T, B, D, H', W']."""
-        if x.ndim == 4:
-            x = encode_direct(x, self.T)
-        elif x.ndim != 5:
-            raise ValueError(f'Expected [B, C, H, W] or [T, B, C, H, W], got shape {tuple(x.shape)}')
-        if tuple(x.shape[-2:]) != self.img_size or x.shape[2] != self.in_chans:
-            raise ValueError(f'Input {tuple(x.shape)} does not match the model input '
-                             f'{self.in_chans}x{self.img_size[0]}x{self.img_size[1]}; resize the images '
-                             f'(or build the model with img_size/in_chans)')
-        # spikingjelly's LIFNode keeps its potential between calls: start every forward from rest
-        functional.reset_net(self)
-        return self.forward_trunk(x)
+        """Batch-first feature map [B, D, H', W']: the time-major map read out over time."""
+        return self.readout(self.forward_features_seq(x))
 
     def pool_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, B, D, H, W] -> [T, B, D]: the mean over tokens (positions)."""
+        """[T, B, D, H, W] -> [T, B, D]: the mean over tokens (positions) at each time step."""
         return x.flatten(3).mean(3)
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def _pool_seq(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == 'avg':
-            x = self.readout(self.pool_tokens(x))
-        else:
-            x = x.mean(0)  # unpooled maps averaged over time, [B, C, H, W]
+            return self.readout(self.pool_tokens(x))
+        return self.readout(x)  # unpooled maps read out over time, [B, C, H, W]
+
+    def _pool_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).mean(2) if self.global_pool == 'avg' else x
+
+    def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = self.head_drop(x)
         return x if pre_logits else self.get_classifier()(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Head on the batch-first map of ``forward_features`` or the time-major map of ``forward_features_seq``
+        (``forward`` takes the time-major path; the two agree up to rounding where pooling is linear)."""
+        return self._head(self._pool_seq(x) if x.ndim == 5 else self._pool_map(x), pre_logits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self._head(self._pool_seq(self.forward_features_seq(x)), pre_logits=False)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Forward features that returns intermediates (batch-first, each level's map read out over time).
+
+        Args:
+            x: Input image tensor.
+            indices: Take last n levels if int, all if None, select matching indices if sequence.
+            norm: Unused (the models have no final norm).
+            stop_early: Stop after the last desired intermediate.
+            output_fmt: 'NCHW' or 'NLC'.
+            intermediates_only: Only return intermediate features.
+
+        Returns:
+            The final batch-first features and the list of intermediates, or just the intermediates.
+        """
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        levels = self._levels()
+        take_indices, max_index = feature_take_indices(len(levels), indices)
+        if stop_early:
+            levels = levels[:max_index + 1]
+        intermediates = []
+        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size)
+        for i, level in enumerate(levels):
+            x = self._run_level(level, x)
+            if i in take_indices:
+                y = self.readout(x)
+                intermediates.append(y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y)
+        if intermediates_only:
+            return intermediates
+        return self.readout(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Replace the levels after the last needed one by identities (and optionally drop the head)."""
+        take_indices, max_index = feature_take_indices(len(self.level_modules), indices)
+        for names in self.level_modules[max_index + 1:]:
+            for name in names:
+                self.set_submodule(name, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+

@@ -8,7 +8,8 @@ last Spikformer's spiking self-attention. Stems and blocks are spikingjelly's ow
 names, so a checkpoint of the zoo model loads unchanged (``patch_size=16``). Its neurons keep the zoo's
 defaults (tau 2, Sigmoid surrogate, attention LIF at threshold 0.5). This file adds what timm and open_clip
 expect (``timm_spike.models._zoo``): ``forward_features`` / ``forward_head`` / ``reset_classifier``, a readout
-over time that takes any T, a linear head usable as SpikeCLIP's projection, and a neuron reset at every forward.
+over time that takes any T, a linear head usable as SpikeCLIP's projection, and neurons that start from rest at
+every call.
 
 ``patch_size`` is the total stride. 16 is spikingjelly's (ImageNet) layout: the first patch embedding
 max-pools twice, 224x224 -> 56 -> 28 -> 14. 4 is the paper's CIFAR layout, 32x32 -> 32 -> 16 -> 8: the first
@@ -17,8 +18,7 @@ zoo's max-pools and third conv). QKFormer-4-384 then has the published 6.74M par
 convs of spikingjelly's patch embeddings carry biases and its attention projections none, the reverse of the
 QKFormer code, which leaves the count within 0.002M.
 
-Not provided: ``features_only`` / ``forward_intermediates`` and gradient checkpointing (a recomputed block
-would restart its stateful neurons from the wrong potential).
+Feature levels: the three stages (patch embedding + blocks), at strides patch_size/4, /2, /1.
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -27,12 +27,17 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model import qkformer as sj_qk
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import LIFConfig
+from ..layers import LIFConfig, device_scope
 from ._zoo import IMAGENET_CFG, ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['QKFormer']
+
+# FX: the zoo's patch embeddings and blocks reshape by the input's [T, B, C, H, W] sizes
+for _cls in (sj_qk._PatchEmbedInit, sj_qk._PatchEmbedStage, sj_qk._Block):
+    register_notrace_module(_cls)
 
 
 def _cifar_stem(stem: nn.Module) -> nn.Module:
@@ -53,7 +58,7 @@ def _cifar_stem(stem: nn.Module) -> nn.Module:
 
 
 class QKFormer(ZooSpikingNet):
-    """QKFormer with timm's model API; time-major features [T, B, C, H, W] of the last stage."""
+    """QKFormer with timm's model API (``forward_features`` batch-first, ``forward_features_seq`` time-major)."""
     family = 'qkformer'
 
     def __init__(
@@ -72,6 +77,8 @@ class QKFormer(ZooSpikingNet):
             readout: str = 'mean',
             lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]] = None,
             drop_rate: float = 0.,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -89,6 +96,8 @@ class QKFormer(ZooSpikingNet):
             readout: Combination over time, 'mean' or 'weighted'.
             lif_cfg: Accepted for the SpikeCLIP interface; must equal the defaults (spikingjelly's neurons).
             drop_rate: Dropout before the head.
+            device: Device of the parameters and buffers (``'meta'``: none allocated; ``to_empty`` later).
+            dtype: Floating point type of the parameters and buffers.
         """
         super().__init__()
         check_zoo_lif(lif_cfg, 'qkformer')
@@ -97,18 +106,22 @@ class QKFormer(ZooSpikingNet):
         heads = (num_heads,) * 3 if isinstance(num_heads, int) else tuple(num_heads)
         self.patch_size = patch_size
         self.embed_dim = embed_dim
-        zoo = sj_qk.QKFormer(
-            T=T, in_channels=in_chans, num_classes=1, embed_dims=embed_dim, num_heads=heads,
-            depths=tuple(depths), mlp_ratio=mlp_ratio, qka_type=qka_type)
-        self.patch_embed1 = zoo.patch_embed1 if patch_size == 16 else _cifar_stem(zoo.patch_embed1)
-        self.stage1 = nn.Sequential(*zoo.stage1)
-        self.patch_embed2 = zoo.patch_embed2
-        self.stage2 = nn.Sequential(*zoo.stage2)
-        self.patch_embed3 = zoo.patch_embed3
-        self.stage3 = nn.Sequential(*zoo.stage3)
-        run_once_on_direct_input(self.patch_embed1.conv1)
-        functional.set_step_mode(self, 'm')
-        self._init_api(img_size, in_chans, num_classes, global_pool, embed_dim, T, readout, drop_rate)
+        with device_scope(device):
+            zoo = sj_qk.QKFormer(
+                T=T, in_channels=in_chans, num_classes=1, embed_dims=embed_dim, num_heads=heads,
+                depths=tuple(depths), mlp_ratio=mlp_ratio, qka_type=qka_type)
+            self.patch_embed1 = zoo.patch_embed1 if patch_size == 16 else _cifar_stem(zoo.patch_embed1)
+            self.stage1 = nn.Sequential(*zoo.stage1)
+            self.patch_embed2 = zoo.patch_embed2
+            self.stage2 = nn.Sequential(*zoo.stage2)
+            self.patch_embed3 = zoo.patch_embed3
+            self.stage3 = nn.Sequential(*zoo.stage3)
+            run_once_on_direct_input(self.patch_embed1.conv1)
+            functional.set_step_mode(self, 'm')
+            self.level_modules = [(f'patch_embed{i}', f'stage{i}') for i in (1, 2, 3)]
+            self.level_channels = [embed_dim // 4, embed_dim // 2, embed_dim]
+            self.level_reductions = [patch_size // 4, patch_size // 2, patch_size]
+            self._init_api(img_size, in_chans, num_classes, global_pool, embed_dim, T, readout, drop_rate, dtype)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -119,11 +132,6 @@ class QKFormer(ZooSpikingNet):
                 (r'^stage(\d+)\.(\d+)', None),
             ],
         )
-
-    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage1(self.patch_embed1(x))
-        x = self.stage2(self.patch_embed2(x))
-        return self.stage3(self.patch_embed3(x))
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

@@ -5,10 +5,9 @@ The tokenizer and blocks are spikingjelly's own (``spikingjelly.activation_based
 per-position LIF defaults (tau 2, hard reset, Sigmoid surrogate, attention LIF at threshold 0.5); this file adds
 what timm and open_clip expect: ``forward_features`` / ``forward_head`` / ``reset_classifier``, a readout over
 time that takes any T (``TemporalReadout``), a linear head usable as SpikeCLIP's projection, and a neuron reset
-at every forward (spikingjelly's LIFNode keeps its membrane potential between calls).
+neurons that start from rest at every call (spikingjelly's LIFNode keeps its membrane potential between calls).
 
-Not provided: ``features_only`` / ``forward_intermediates`` and gradient checkpointing (a recomputed block
-would restart its stateful neurons from the wrong potential).
+Feature levels: the tokenizer, then every block (all at the tokenizer's stride).
 """
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -17,16 +16,21 @@ import torch.nn as nn
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based.model.spikformer import SpikformerBlock, SpikformerPatchStem
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.layers import register_notrace_module
 from timm.models import generate_default_cfgs, register_model
 
-from ..layers import LIFConfig
+from ..layers import LIFConfig, device_scope
 from ._zoo import IMAGENET_CFG, ZooSpikingNet, check_zoo_lif, create_zoo_model, run_once_on_direct_input, zoo_cfg
 
 __all__ = ['Spikformer']
 
+# FX: the zoo's tokenizer and blocks check and unpack the input's [T, B, C, H, W] shape
+register_notrace_module(SpikformerPatchStem)
+register_notrace_module(SpikformerBlock)
+
 
 class Spikformer(ZooSpikingNet):
-    """Spikformer with timm's model API; time-major features [T, B, C, H, W] like ``Spikingformer``."""
+    """Spikformer with timm's model API (``forward_features`` batch-first, ``forward_features_seq`` time-major)."""
     family = 'spikformer'
 
     def __init__(
@@ -44,6 +48,8 @@ class Spikformer(ZooSpikingNet):
             readout: str = 'mean',
             lif_cfg: Optional[Union[LIFConfig, Dict[str, Any]]] = None,
             drop_rate: float = 0.,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -60,6 +66,8 @@ class Spikformer(ZooSpikingNet):
             readout: Combination over time, 'mean' or 'weighted'.
             lif_cfg: Accepted for the SpikeCLIP interface; must equal the defaults (spikingjelly's neurons).
             drop_rate: Dropout before the head.
+            device: Device of the parameters and buffers (``'meta'``: none allocated; ``to_empty`` later).
+            dtype: Floating point type of the parameters and buffers.
         """
         super().__init__()
         check_zoo_lif(lif_cfg, 'spikformer')
@@ -67,21 +75,22 @@ class Spikformer(ZooSpikingNet):
         if any(s % patch_size or s < patch_size for s in size):
             raise ValueError(f'img_size {size} must be a multiple of patch_size {patch_size}')
         self.embed_dim = embed_dim
-        self.patch_embed = SpikformerPatchStem(
-            img_size_h=size[0], img_size_w=size[1], patch_size=patch_size, in_channels=in_chans,
-            embed_dims=embed_dim)
-        self.blocks = nn.Sequential(*[SpikformerBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
-        functional.set_step_mode(self, 'm')
-        # the first conv + BN sees the same image at every step: compute it once (energy counted once)
-        run_once_on_direct_input(self.patch_embed.stages[0].conv_bn)
-        self._init_api(img_size, in_chans, num_classes, global_pool, embed_dim, T, readout, drop_rate)
+        with device_scope(device):
+            self.patch_embed = SpikformerPatchStem(
+                img_size_h=size[0], img_size_w=size[1], patch_size=patch_size, in_channels=in_chans,
+                embed_dims=embed_dim)
+            self.blocks = nn.Sequential(*[SpikformerBlock(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+            functional.set_step_mode(self, 'm')
+            # the first conv + BN sees the same image at every step: compute it once (energy counted once)
+            run_once_on_direct_input(self.patch_embed.stages[0].conv_bn)
+            self.level_modules = [('patch_embed',)] + [(f'blocks.{i}',) for i in range(depth)]
+            self.level_channels = [embed_dim] * (depth + 1)
+            self.level_reductions = [patch_size] * (depth + 1)
+            self._init_api(img_size, in_chans, num_classes, global_pool, embed_dim, T, readout, drop_rate, dtype)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(stem=r'^patch_embed', blocks=r'^blocks\.(\d+)')
-
-    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.patch_embed(x))
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:

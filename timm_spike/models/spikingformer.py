@@ -10,7 +10,8 @@ and of the SpikeCLIP image encoder built on it
 Tensors inside the network are time-major, [T, B, C, H, W]. A [B, C, H, W] image is direct-encoded
 (presented at each of the T time steps); a [T, B, C, H, W] input is taken as an already encoded sequence.
 Neurons are spikingjelly 2.x multi-step LIF neurons that start every call from rest, so each forward is
-independent of the previous one.
+independent of the previous one. ``forward_features_seq`` returns the time-major map; ``forward_features`` the
+batch-first map timm's API expects ([B, C, H, W], the map read out over time), which ``forward_head`` takes.
 
 Where the two reference codes differ, this file follows Spikingformer and keeps the other behind a flag:
 - ``pool_order='spike'`` (default): LIF -> MaxPool -> Conv in the tokenizer, pooling spikes (Spikingformer);
@@ -27,11 +28,13 @@ import torch.nn as nn
 from spikingjelly.activation_based import layer
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from timm.layers import register_notrace_function, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
 from timm_spike.layers import (
-    LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, encode_direct)
+    LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct,
+    linear_like)
 
 __all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
 
@@ -55,6 +58,61 @@ def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     keep = 1. - p
     mask = x.new_empty((1, x.shape[1]) + (1,) * (x.ndim - 2)).bernoulli_(keep)
     return x * mask.div_(keep)
+
+
+@register_notrace_function  # FX: branches on the input's rank and size
+def image_to_sequence(
+        x: torch.Tensor,
+        in_chans: int,
+        img_size: Tuple[int, int],
+        stride: int,
+        dynamic_img_size: bool,
+) -> torch.Tensor:
+    """Check the input of a Spikingformer; return [T', B, C, H, W], T' = 1 for a (direct-encoded) image batch."""
+    if x.ndim == 4:
+        x = x.unsqueeze(0)
+    elif x.ndim != 5:
+        raise ValueError(
+            f'Expected an image batch [B, C, H, W] or an encoded sequence [T, B, C, H, W], got shape {tuple(x.shape)}')
+    if x.shape[2] != in_chans:
+        raise ValueError(f'Expected {in_chans} input channels, got {x.shape[2]} (input shape {tuple(x.shape)})')
+    H, W = x.shape[-2:]
+    if dynamic_img_size:
+        _check_size(H, stride, 'Input height')
+        _check_size(W, stride, 'Input width')
+    elif (H, W) != tuple(img_size):
+        raise ValueError(
+            f'Input size {H}x{W} does not match the model input size {img_size[0]}x{img_size[1]}; '
+            f'resize the images (timm.data.resolve_model_data_config + create_transform do it) '
+            f'or build the model with dynamic_img_size=True')
+    return x
+
+
+def _check_size(size: int, stride: int, what: str):
+    if size < stride or size % stride:
+        raise ValueError(
+            f'{what} {size} is not supported: the spiking tokenizer downsamples by {stride}, '
+            f'so height and width must be positive multiples of {stride}')
+
+
+def resolve_global_pool(current: str, num_classes: int, global_pool: Optional[str] = None) -> str:
+    """The pooling after ``reset_classifier(num_classes, global_pool)``: the current one unless given; a classifier
+    on an unpooled model (``global_pool=''``, not given again) brings back the mean over tokens it needs."""
+    if global_pool is None:
+        return 'avg' if num_classes > 0 else current
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
+    if num_classes > 0 and not global_pool:
+        raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
+    return global_pool
+
+
+@register_notrace_function  # FX: branches on the number of time steps
+def expand_direct(x: torch.Tensor, T: int) -> torch.Tensor:
+    """A one-step sequence (a direct-encoded image) repeated over T steps; any other sequence as it is."""
+    if x.shape[0] == 1 and T > 1:
+        return encode_direct(x[0], T)
+    return x
 
 
 class TokenizerStage(nn.Module):
@@ -105,14 +163,13 @@ class SpikingTokenizer(nn.Module):
     def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
         # x: [T', B, C, H, W]. A direct-encoded image arrives as T'=1: the first stage (conv + BN, no
         # neuron) gives the same result at every step, so it runs once and is then repeated T times.
-        x = self.stages[0](x)
-        if x.shape[0] == 1 and T > 1:
-            x = encode_direct(x[0], T)
+        x = expand_direct(self.stages[0](x), T)
         for stage in self.stages[1:]:
             x = stage(x)
         return x
 
 
+@register_notrace_module  # FX: a time-folding module (reshapes by the input's [T, B, C, H, W] sizes)
 class SpikingSelfAttention(nn.Module):
     """Spiking self-attention: q, k, v are spikes, no softmax; attn = q (k^T v) * scale."""
 
@@ -198,9 +255,10 @@ class SpikingformerBlock(nn.Module):
 class Spikingformer(nn.Module):
     """Spikingformer with timm's model API.
 
-    ``forward_features`` returns the time-major feature map [T, B, C, H, W]; ``forward_head`` pools the
-    tokens, reads out over time and applies the head, so ``forward_head(forward_features(x)) == forward(x)``.
-    ``forward_intermediates`` returns per-block maps averaged over time, [B, C, H, W].
+    ``forward_features`` returns the batch-first feature map [B, C, H, W] (the time-major map read out over time);
+    ``forward_features_seq`` the time-major map [T, B, C, H, W]. ``forward_head`` takes either; ``forward`` pools the
+    tokens at each time step, reads out over time and applies the head. Feature levels (``feature_info``,
+    ``forward_intermediates``): the tokenizer, then every block, all at the tokenizer's stride.
     """
 
     def __init__(
@@ -223,6 +281,8 @@ class Spikingformer(nn.Module):
             dynamic_img_size: bool = False,
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
     ):
         """
         Args:
@@ -245,6 +305,8 @@ class Spikingformer(nn.Module):
             dynamic_img_size: Accept any input size the tokenizer can take, not only img_size.
             drop_rate: Dropout before the head.
             drop_path_rate: Stochastic depth rate.
+            device: Device of the parameters and buffers (``'meta'``: none allocated; ``to_empty`` later).
+            dtype: Floating point type of the parameters and buffers.
         """
         super().__init__()
         if stem not in STEM_POOL_STAGES:
@@ -261,21 +323,27 @@ class Spikingformer(nn.Module):
         self.dynamic_img_size = dynamic_img_size
         self.grad_checkpointing = False
 
-        self.patch_embed = SpikingTokenizer(in_chans, embed_dim, STEM_POOL_STAGES[stem], pool_order, self.lif_cfg)
-        self.stride = self.patch_embed.stride
-        for s in self.img_size:
-            self._check_size(s, 'img_size')
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
-        self.blocks = nn.Sequential(*[
-            SpikingformerBlock(embed_dim, num_heads, mlp_ratio, attn_scale, attn_threshold, dpr[i], self.lif_cfg)
-            for i in range(depth)
-        ])
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=self.stride, module=f'blocks.{i}') for i in range(depth)]
-        self.readout = TemporalReadout(self.T, readout)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = self._make_head(num_classes)
+        with device_scope(device):
+            self.patch_embed = SpikingTokenizer(
+                in_chans, embed_dim, STEM_POOL_STAGES[stem], pool_order, self.lif_cfg)
+            self.stride = self.patch_embed.stride
+            for s in self.img_size:
+                _check_size(s, self.stride, 'img_size')
+            dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+            self.blocks = nn.Sequential(*[
+                SpikingformerBlock(embed_dim, num_heads, mlp_ratio, attn_scale, attn_threshold, dpr[i], self.lif_cfg)
+                for i in range(depth)
+            ])
+            self.feature_info = [dict(num_chs=embed_dim, reduction=self.stride, module='patch_embed')] + [
+                dict(num_chs=embed_dim, reduction=self.stride, module=f'blocks.{i}') for i in range(depth)]
+            self.readout = TemporalReadout(self.T, readout)
+            self.head_drop = nn.Dropout(drop_rate)
+            if num_classes and not global_pool:
+                raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
+            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        if dtype is not None:
+            self.to(dtype=dtype)
 
     @staticmethod
     def _init_weights(m: nn.Module):
@@ -283,17 +351,6 @@ class Spikingformer(nn.Module):
             nn.init.trunc_normal_(m.weight, std=.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-    def _make_head(self, num_classes: int) -> nn.Module:
-        if num_classes and not self.global_pool:
-            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
-        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _check_size(self, size: int, what: str):
-        if size < self.stride or size % self.stride:
-            raise ValueError(
-                f'{what} {size} is not supported: the spiking tokenizer downsamples by {self.stride}, '
-                f'so height and width must be positive multiples of {self.stride}')
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -316,34 +373,12 @@ class Spikingformer(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
-            self.global_pool = global_pool
+        self.global_pool = resolve_global_pool(self.global_pool, num_classes, global_pool)
         self.num_classes = num_classes
-        self.head = self._make_head(num_classes)
-
-    def _encode_input(self, x: torch.Tensor) -> torch.Tensor:
-        """Validate the input; return [T', B, C, H, W] with T' = 1 for a direct-encoded image."""
-        if x.ndim == 4:
-            x = x.unsqueeze(0)
-        elif x.ndim != 5:
-            raise ValueError(
-                f'Expected an image batch [B, C, H, W] or an encoded sequence [T, B, C, H, W], got shape {tuple(x.shape)}')
-        if x.shape[2] != self.in_chans:
-            raise ValueError(f'Expected {self.in_chans} input channels, got {x.shape[2]} (input shape {tuple(x.shape)})')
-        H, W = x.shape[-2:]
-        if self.dynamic_img_size:
-            self._check_size(H, 'Input height')
-            self._check_size(W, 'Input width')
-        elif (H, W) != self.img_size:
-            raise ValueError(
-                f'Input size {H}x{W} does not match the model input size {self.img_size[0]}x{self.img_size[1]}; '
-                f'resize the images (timm.data.resolve_model_data_config + create_transform do it) '
-                f'or build the model with dynamic_img_size=True')
-        return x
+        self.head = linear_like(self, self.embed_dim, num_classes)
 
     def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size)
         # The tokenizer's full-resolution maps hold about as much as all blocks together (at T=8, 32x32), so
         # grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
@@ -358,21 +393,41 @@ class Spikingformer(nn.Module):
                 x = blk(x)
             yield x
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._run_stem(self._encode_input(x))
+    def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
+        """Time-major feature map [T, B, C, H', W'] of an image batch or an encoded [T, B, C, H, W] sequence."""
+        x = self._run_stem(x)
         for x in self._run_blocks(x, self.blocks):
             pass
         return x
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch-first feature map [B, C, H', W']: the time-major map read out over time."""
+        return self.readout(self.forward_features_seq(x))
+
+    def _pool_seq(self, x: torch.Tensor) -> torch.Tensor:
+        # tokens are pooled at each time step, then read out over time: [T, B, C, H, W] -> [B, C] (or [B, C, H, W])
         if self.global_pool == 'avg':
-            x = x.flatten(3).mean(3)  # T B C
-        x = self.readout(x)
+            x = x.flatten(3).mean(3)
+        return self.readout(x)
+
+    def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Head on the batch-first map of ``forward_features`` or the time-major map of ``forward_features_seq``.
+
+        The two agree (pooling over tokens and the readout over time are both linear) up to rounding; ``forward``
+        takes the time-major path.
+        """
+        if x.ndim == 5:
+            x = self._pool_seq(x)
+        elif self.global_pool == 'avg':
+            x = x.flatten(2).mean(2)
+        return self._head(x, pre_logits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self._head(self._pool_seq(self.forward_features_seq(x)), pre_logits=False)
 
     def forward_intermediates(
             self,
@@ -385,30 +440,39 @@ class Spikingformer(nn.Module):
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """Forward features that returns intermediates.
 
+        Feature levels: 0 = the tokenizer, 1..depth = the blocks; each intermediate is batch-first, the level's
+        time-major map read out over time (as ``forward_features``).
+
         Args:
             x: Input image tensor.
-            indices: Take last n blocks if int, all if None, select matching indices if sequence.
+            indices: Take last n levels if int, all if None, select matching indices if sequence.
             norm: Unused (the model has no norm layer).
             stop_early: Stop iterating over blocks when last desired intermediate hit.
-            output_fmt: 'NCHW' or 'NLC'; each intermediate is the block output averaged over time.
+            output_fmt: 'NCHW' or 'NLC'.
             intermediates_only: Only return intermediate features.
 
         Returns:
-            The final [T, B, C, H, W] features and the list of intermediates, or just the intermediates.
+            The final batch-first features and the list of intermediates, or just the intermediates.
         """
         if output_fmt not in ('NCHW', 'NLC'):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        blocks = self.blocks if not stop_early else self.blocks[:max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.blocks) + 1, indices)
+        blocks = self.blocks if not stop_early else self.blocks[:max_index]
+
+        def _take(y: torch.Tensor) -> torch.Tensor:
+            y = self.readout(y)
+            return y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y
+
         intermediates = []
-        x = self._run_stem(self._encode_input(x))
-        for i, x in enumerate(self._run_blocks(x, blocks)):
+        x = self._run_stem(x)
+        if 0 in take_indices:
+            intermediates.append(_take(x))
+        for i, x in enumerate(self._run_blocks(x, blocks), start=1):
             if i in take_indices:
-                y = x.mean(0)
-                intermediates.append(y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y)
+                intermediates.append(_take(x))
         if intermediates_only:
             return intermediates
-        return x, intermediates
+        return self.readout(x), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -417,8 +481,8 @@ class Spikingformer(nn.Module):
             prune_head: bool = True,
     ) -> List[int]:
         """Drop the blocks (and optionally the head) not needed for the given intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
+        take_indices, max_index = feature_take_indices(len(self.blocks) + 1, indices)
+        self.blocks = self.blocks[:max_index]
         if prune_head:
             self.reset_classifier(0, '')
         return take_indices
@@ -479,7 +543,7 @@ def _create_spikingformer(variant: str, pretrained: bool = False, **kwargs) -> S
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     return {
         'url': url,
-        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': None,
+        'num_classes': 10, 'input_size': (3, 32, 32), 'pool_size': (8, 8),
         'crop_pct': 1.0, 'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': CIFAR_MEAN, 'std': CIFAR_STD,
         'first_conv': 'patch_embed.stages.0.conv', 'classifier': 'head',
@@ -488,7 +552,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-_imagenet = dict(num_classes=1000, input_size=(3, 224, 224), crop_pct=0.875,
+_imagenet = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(14, 14), crop_pct=0.875,
                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 default_cfgs = generate_default_cfgs({
