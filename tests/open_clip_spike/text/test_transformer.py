@@ -332,15 +332,3 @@ def test_energy_report(model, tok):
     assert all(l.input == 'spikes' for name, l in layers.items() if name.startswith('blocks.'))
     # the projection reads the real-valued pooled tokens: the only MACs
     assert layers['proj'].input == 'real' and layers['proj'].macs == W * D and r.macs == W * D
-
-
-def test_energy_cli(tmp_path):
-    from open_clip_spike.cli import main as cli_main
-    rc = cli_main(['energy', TT, '--T', '2', '--data', 'skimage', '--max-samples', '2', '--batch-size', '2',
-                   '--no-progress', '--out', str(tmp_path)])
-    assert rc == 0
-    d = json.loads((tmp_path / 'energy.json').read_text())['text']
-    assert d['T'] == 2 and d['energy_mj_per_prompt'] > 0 and d['totals']['sops'] > 0
-    rates = {n['name']: n['firing_rate'] for n in d['neurons']}
-    assert len(rates) == 14 and 'blocks.1.attn.q_lif' in rates
-    assert all(0 <= v <= 1 for v in rates.values()) and d['mean_firing_rate'] > 0
