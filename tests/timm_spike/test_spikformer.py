@@ -32,25 +32,28 @@ def test_timm_api_shapes():
     model = tiny().eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
+        seq = model.forward_features_seq(x)
+        assert seq.shape == (2, 3, 32, 8, 8)  # [T, B, C, H/4, W/4]
         feats = model.forward_features(x)
-        assert feats.shape == (2, 3, 32, 8, 8)  # [T, B, C, H/4, W/4]
+        assert feats.shape == (3, 32, 8, 8) and torch.equal(feats, seq.mean(0))
         assert model(x).shape == (3, 5)
-        assert torch.equal(model.forward_head(feats), model(x))
+        assert torch.equal(model.forward_head(seq), model(x))
+        assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
         assert model.forward_head(feats, pre_logits=True).shape == (3, 32)
         model.reset_classifier(0)
         assert model(x).shape == (3, 32) and model.num_features == model.head_hidden_size == 32
         model.reset_classifier(0, global_pool='')
         assert model(x).shape == (3, 32, 8, 8)
     with pytest.raises(ValueError, match='needs num_classes=0'):
-        model.reset_classifier(7)
+        model.reset_classifier(7, global_pool='')
     with pytest.raises(ValueError, match='does not match the model input'):
         model(torch.randn(1, 3, 24, 24))
     with pytest.raises(ValueError, match='lif_cfg cannot change'):
         tiny(lif_cfg=dict(tau=3.0))
-    with pytest.raises(ValueError, match='features_only'):
-        timm.create_model('spikformer_4_384', features_only=True)
-    with pytest.raises(NotImplementedError, match='stateful neurons'):
-        model.set_grad_checkpointing(True)
+    features = timm.create_model('spikformer_4_384', features_only=True, embed_dim=32, num_heads=4, T=2)
+    assert [f.shape for f in features(x)] == [(3, 32, 8, 8)] * 3  # the last 3 of tokenizer + 4 blocks
+    model.set_grad_checkpointing(True)  # the neurons start from rest at every call: a recompute is exact
+    assert model.grad_checkpointing
 
 
 def test_neurons_start_from_rest_every_forward():
@@ -62,7 +65,7 @@ def test_neurons_start_from_rest_every_forward():
     with torch.no_grad():
         a, b = model(x), model(x)
         single = model(x[2:3])
-    assert torch.equal(a, b)  # spikingjelly's LIFNode would carry its potential over without the reset
+    assert torch.equal(a, b)  # spikingjelly's LIFNode would carry its potential over; these start from rest
     assert torch.allclose(a[2:3], single, atol=1e-5)  # nothing leaks across the batch
     rates = firing_rates(model, x)
     assert len(rates) == sum(is_spiking_neuron(m) for m in model.modules())

@@ -62,12 +62,17 @@ def test_clip_encoder_shapes():
     m = timm.create_model('spikingformer_clip').eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        seq = m.forward_features_seq(x)
+        assert seq.shape == (4, 2, 384, 8, 8)  # time-major, for energy and analysis
         feats = m.forward_features(x)
-        assert feats.shape == (4, 2, 384, 8, 8)
+        assert feats.shape == (2, 384, 8, 8)  # timm's batch-first map (read out over time)
+        assert torch.equal(feats, seq.mean(0))
         out = m(x)
         assert out.shape == (2, 512)
-        assert torch.equal(m.forward_head(feats), out)
+        assert torch.equal(m.forward_head(seq), out)  # the path forward takes
+        assert torch.allclose(m.forward_head(feats), out, atol=1e-6)  # pooling and readout commute
         assert m.forward_head(feats, pre_logits=True).shape == (2, 384)
+        assert m.pretrained_cfg['pool_size'] == tuple(feats.shape[-2:])
     m0 = timm.create_model('spikingformer_clip', num_classes=0).eval()
     assert m0(x).shape == (2, 384)
     assert m0.num_features == m0.head_hidden_size == 384
@@ -86,8 +91,9 @@ def test_pretrained_cfg():
 
 def test_imagenet_stem_forward():
     m = timm.create_model('spikingformer_8_384', embed_dim=32, depth=1, num_heads=4, T=1, num_classes=3)
-    feats = m.forward_features(torch.randn(1, 3, 224, 224))
+    feats = m.forward_features_seq(torch.randn(1, 3, 224, 224))
     assert feats.shape == (1, 1, 32, 14, 14)
+    assert m.pretrained_cfg['pool_size'] == (14, 14)
 
 
 def test_classifier_api():
@@ -99,6 +105,8 @@ def test_classifier_api():
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 32)
     m.reset_classifier(0, global_pool='')
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 32, 8, 8)
+    m.reset_classifier(3)  # a classifier on an unpooled model brings back the mean over tokens
+    assert m.global_pool == 'avg' and m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
     with pytest.raises(ValueError, match='global_pool'):
         m.reset_classifier(3, global_pool='')
     with pytest.raises(ValueError, match='global_pool'):
@@ -108,8 +116,9 @@ def test_classifier_api():
 def test_features_only_and_intermediates():
     f = timm.create_model('spikingformer_4_256', features_only=True, embed_dim=32, depth=3, num_heads=4, T=2)
     outs = f(torch.randn(2, 3, 32, 32))
-    assert [o.shape for o in outs] == [(2, 32, 8, 8)] * 3
+    assert [o.shape for o in outs] == [(2, 32, 8, 8)] * 3  # the last 3 of 4 levels: tokenizer + 3 blocks
     assert f.feature_info.channels() == [32] * 3 and f.feature_info.reduction() == [4] * 3
+    assert f.feature_info.module_name() == ['blocks.0', 'blocks.1', 'blocks.2']
     f2 = timm.create_model('spikingformer_4_256', features_only=True, out_indices=(0, 2), embed_dim=32, depth=3,
                            num_heads=4, T=2)
     assert len(f2(torch.randn(1, 3, 32, 32))) == 2
@@ -117,20 +126,63 @@ def test_features_only_and_intermediates():
     m = tiny(depth=3).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        final, inter = m.forward_intermediates(x, indices=[0, 2])
+        final, inter = m.forward_intermediates(x, indices=[0, 3])
         assert len(inter) == 2 and inter[0].shape == (2, 32, 8, 8)
-        assert torch.allclose(final, m.forward_features(x))
-        assert torch.allclose(inter[1], final.mean(0))
+        assert torch.equal(final, m.forward_features(x))
+        assert torch.equal(inter[1], final)  # level 3 = the last block
+        assert torch.equal(inter[0], m.patch_embed(x.unsqueeze(0), m.T).mean(0))  # level 0 = the tokenizer
         nlc = m.forward_intermediates(x, indices=1, output_fmt='NLC', intermediates_only=True)
         assert nlc[0].shape == (2, 64, 32)
-    assert m.prune_intermediate_layers(indices=[1]) == [1]
+    assert m.prune_intermediate_layers(indices=[2]) == [2]
     assert len(m.blocks) == 2 and isinstance(m.head, torch.nn.Identity)
+
+
+def test_features_only_every_depth():
+    # two blocks + the tokenizer: three feature levels (timm's default of the last 3 fits every depth)
+    f = timm.create_model('spikingformer_2_384', features_only=True, embed_dim=32, num_heads=4)
+    assert f.feature_info.module_name() == ['patch_embed', 'blocks.0', 'blocks.1']
+    assert len(f(torch.randn(1, 3, 32, 32))) == 3
+    clip = timm.create_model('spikingformer_clip', features_only=True, embed_dim=32, num_heads=4)
+    assert len(clip(torch.randn(1, 3, 32, 32))) == 3  # the last 3 of its 4 blocks (out_indices for others)
+    all5 = timm.create_model('spikingformer_clip', features_only=True, out_indices=(0, 1, 2, 3, 4), embed_dim=32,
+                             num_heads=4)
+    assert len(all5(torch.randn(1, 3, 32, 32))) == 5
+
+
+def test_device_dtype_and_meta_then_to_empty():
+    m = timm.create_model('spikingformer_clip', device='meta', dtype=torch.bfloat16)
+    tensors = [*m.parameters(), *m.buffers()]
+    assert {t.device.type for t in tensors} == {'meta'}
+    assert {t.dtype for t in m.parameters()} == {torch.bfloat16}
+    m.to_empty(device='cpu')
+    assert {t.device.type for t in m.parameters()} == {'cpu'}
+    ref = timm.create_model('spikingformer_clip')
+    m.load_state_dict({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in ref.state_dict().items()})
+    with torch.no_grad():
+        assert m.eval()(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    m.to(device='meta', dtype=torch.float64)
+    m.reset_classifier(3)  # the new head follows the model's device and dtype
+    assert m.head.weight.device.type == 'meta' and m.head.weight.dtype == torch.float64
+
+
+def test_fx_trace_matches_eager():
+    from timm.models import get_notrace_functions, get_notrace_modules
+    from torchvision.models.feature_extraction import create_feature_extractor
+    m = tiny(depth=2).eval()
+    x = torch.randn(2, 3, 32, 32)
+    fx = create_feature_extractor(m, ['head'], tracer_kwargs=dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions()))
+    with torch.no_grad():
+        assert torch.equal(fx(x)['head'], m(x))
+    # the neurons are single graph nodes
+    targets = [n.target for n in fx.graph.nodes if n.op == 'call_module']
+    assert 'patch_embed.stages.1.lif' in targets and 'blocks.0.mlp.fc1_lif' in targets
 
 
 @pytest.mark.parametrize('T', [1, 3, 5])
 def test_any_T(T):
     m = tiny(T=T).eval()
-    assert m.forward_features(torch.randn(2, 3, 32, 32)).shape[0] == T
+    assert m.forward_features_seq(torch.randn(2, 3, 32, 32)).shape[0] == T
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 5)
 
 
@@ -150,7 +202,7 @@ def test_weighted_readout():
     with torch.no_grad():
         assert torch.allclose(m(x), ref(x), atol=1e-6)  # starts as the mean
         m.readout.logits.copy_(torch.tensor([0., 0., 50.]))
-        feats = m.forward_features(x)
+        feats = m.forward_features_seq(x)
         last = m.head(feats[-1].flatten(2).mean(2))
         assert torch.allclose(m(x), last, atol=1e-5)  # normalised: all weight on the last step
     assert 'readout.logits' in m.no_weight_decay()

@@ -108,11 +108,17 @@ def test_timm_api_shapes(family):
     model = tiny(family).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
+        seq = model.forward_features_seq(x)
+        assert seq.shape == (2, 3, *feat)  # [T, B, C, H', W'], for energy and analysis
         feats = model.forward_features(x)
-        assert feats.shape == (2, 3, *feat)  # [T, B, C, H', W']
+        assert torch.equal(feats, seq.mean(0))  # timm's batch-first map: read out over time
         assert model(x).shape == (3, 5)
-        assert torch.equal(model.forward_head(feats), model(x))
+        assert torch.equal(model.forward_head(seq), model(x))  # the path forward takes
+        if family != 'sdt':  # SDT spikes the pooled tokens per step (see spike_driven.py)
+            assert torch.allclose(model.forward_head(feats), model(x), atol=1e-5)
         assert model.forward_head(feats, pre_logits=True).shape == (3, feat[0])
+        assert model.pretrained_cfg['pool_size'] == (8, 8) or family == 'sew'
+        assert all(isinstance(m, StatelessLIFNode) for m in model.modules() if is_spiking_neuron(m))
         seq = x.unsqueeze(0).repeat(2, 1, 1, 1, 1)  # [T, B, C, H, W] input
         assert torch.equal(model(seq), model(x))  # direct encoding = the image at every step
         model.reset_classifier(0)
@@ -131,8 +137,6 @@ def test_timm_api_shapes(family):
         model(torch.randn(1, 1, 32, 32))
     with pytest.raises(ValueError, match=r'Expected \[B, C, H, W\] or \[T, B, C, H, W\]'):
         model(torch.randn(3, 32, 32))
-    with pytest.raises(ValueError, match='features_only'):
-        tiny(family, features_only=True)
     assert model.no_weight_decay() == {'readout.logits'}
     assert tiny(family, drop_rate=0.25).head_drop.p == 0.25
     gray = tiny(family, in_chans=1).eval()
@@ -206,7 +210,7 @@ def test_other_T_and_weighted_readout(family):
     mean1.load_state_dict(mean2.state_dict())  # no weight depends on T
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert mean1(x).shape == (2, 5) and mean1.forward_features(x).shape[0] == 1
+        assert mean1(x).shape == (2, 5) and mean1.forward_features_seq(x).shape[0] == 1
         assert mean2(x.unsqueeze(0).repeat(3, 1, 1, 1, 1)).shape == (2, 5)  # a sequence of another T
     weighted = tiny(family, T=2, readout='weighted')
     assert weighted.readout.logits.shape == (2,)
@@ -250,34 +254,55 @@ def test_zoo_checkpoint_loads_through_pretrained_cfg_overlay(family, tmp_path):
     assert out.abs().sum() > 0 and torch.allclose(out, expected, atol=1e-5)
 
 
-def test_sew_resnet_grad_checkpointing_gives_the_same_gradients(monkeypatch):
-    for family in ('sdt', 'qkformer'):
-        with pytest.raises(NotImplementedError, match='stateful neurons'):
-            tiny(family).set_grad_checkpointing(True)
-    import timm_spike.models.sew_resnet as sew_module
+@pytest.mark.parametrize('family', FAMILY_IDS)
+def test_grad_checkpointing_gives_the_same_gradients(family, monkeypatch):
+    import timm_spike.models._zoo as zoo_module
     calls = []
-
-    checkpoint_module = sew_module.checkpoint_module
+    checkpoint_module = zoo_module.checkpoint_module
 
     def counting_checkpoint(fn, *args):
         calls.append(fn)
         return checkpoint_module(fn, *args)
-    monkeypatch.setattr(sew_module, 'checkpoint_module', counting_checkpoint)
+    monkeypatch.setattr(zoo_module, 'checkpoint_module', counting_checkpoint)
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     grads, stats = [], []
     for ckpt in (False, True):
         torch.manual_seed(0)
-        model = tiny('sew').train()
+        model = make_neurons_fire(tiny(family)).train()
+        first = model.get_submodule(model.pretrained_cfg['first_conv'])
         model.set_grad_checkpointing(ckpt)
         F.cross_entropy(model(x), y).backward()
-        grads.append(model.conv1.weight.grad.clone())
+        grads.append(first.weight.grad.clone())
         stats.append({k: v.clone() for k, v in model.state_dict().items() if 'running' in k or 'num_batches' in k})
-    assert len(calls) == 4  # one per residual block, only when enabled
+    assert len(calls) >= 2  # per level or block, only when enabled
     assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], atol=1e-6)
     # the recompute in backward must not update BatchNorm's running statistics a second time
-    assert stats[0].keys() == stats[1].keys() and len(stats[0]) > 10
+    assert stats[0].keys() == stats[1].keys() and len(stats[0]) > 3
     for k in stats[0]:
         assert torch.allclose(stats[0][k], stats[1][k], atol=1e-6), k
+
+
+@pytest.mark.parametrize('family', FAMILY_IDS)
+def test_features_only_intermediates_and_prune(family):
+    x = torch.randn(2, 3, 32, 32)
+    deeper = dict(depth=2) if family == 'sdt' else {}  # tokenizer + 2 blocks: three levels
+    torch.manual_seed(0)
+    model = tiny(family, **deeper).eval()
+    torch.manual_seed(0)
+    feats = timm.create_model(FAMILIES[family]['name'], features_only=True, out_indices=(0, 1, 2),
+                              **dict(FAMILIES[family]['tiny'], T=2, num_classes=5, **deeper)).eval()
+    info = model.feature_info
+    assert len(info) >= 3
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x))
+        assert [t.shape[1] for t in inter] == [i['num_chs'] for i in info]
+        assert [32 // t.shape[-1] for t in inter] == [i['reduction'] for i in info]
+        for a, b in zip(feats(x), inter[:3]):
+            assert torch.equal(a, b)
+        assert model.prune_intermediate_layers([1]) == [1]
+        assert torch.equal(model.forward_features(x), inter[1])  # the trunk now ends at level 1
+    assert isinstance(model.get_classifier(), nn.Identity)
 
 
 @pytest.mark.parametrize('family', FAMILY_IDS)
