@@ -23,7 +23,8 @@ from open_clip.timm_model import TimmModel
 from open_clip.utils import to_2tuple
 
 import timm
-from timm_spike.layers import LIFConfig, check_time_steps
+from timm_spike.layers import LIFConfig
+from timm_spike.layers.guards import check_image, check_max_time_steps, check_state_dict_dtypes
 from .text import SpikingTextCfg, SpikingTextMLP, SpikingTextTransformer
 
 __all__ = ['SpikeCLIP', 'SpikingTimmModel', 'SpikingVisionCfg', 'SpikingTextCfg', 'state_dict_mismatches']
@@ -179,7 +180,7 @@ class SpikeCLIP(CustomTextCLIP):
         # reject the spiking keys; build the towers here and set the same attributes it would.
         nn.Module.__init__(self)
         self.output_dict = output_dict
-        T = check_time_steps(T)
+        T = check_max_time_steps(T)  # before any tower is allocated
         self.lif_cfg = LIFConfig.from_any(lif_cfg)
         self.vision_cfg = SpikingVisionCfg.from_any(vision_cfg)
         self.text_cfg = SpikingTextCfg.from_any(text_cfg)
@@ -229,7 +230,20 @@ class SpikeCLIP(CustomTextCLIP):
         self.text.init_from_teacher(teacher, rescale=rescale)
         return self
 
+    def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Image embeddings; refuses non-float, non-finite and wrongly timed input (``timm_spike.layers.guards``).
+
+        Args:
+            image: Preprocessed ``[B, C, H, W]`` images, or a ``[T, B, C, H, W]`` sequence of this model's T steps.
+            normalize: Return unit-norm embeddings.
+        """
+        p = next(self.visual.parameters(), None)
+        image = check_image(image, T=self.T, dtype=None if p is None else p.dtype)
+        return super().encode_image(image, normalize=normalize)
+
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # load_state_dict casts silently (int32 weights into float parameters): refuse other dtypes by name
+        check_state_dict_dtypes(self.state_dict(), state_dict)
         # torch's message lists every key; for the common mistake (a checkpoint of another SpikeCLIP config)
         # say so, with the first few offending keys of each kind.
         if strict:

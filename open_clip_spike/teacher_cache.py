@@ -16,8 +16,11 @@ Storage: ``DIR/meta.json`` records what the features depend on besides the input
 pretrained tag, a digest of its weights, its preprocessing and context length, the precision); a cache made
 under any other value is refused with the difference listed, never reused. Features live in safetensors
 shards, ``{image,text}-r{rank}-{n}.safetensors`` with ``keys`` [N, 16] uint8 and ``features`` [N, D] float32,
-each written whole through a temporary file and a rename (an interrupted run leaves only complete shards, and
-keeps the features of its finished batches). Nothing is ever unpickled.
+each written whole through a temporary file and a rename. `CachedTeacher` writes a shard after every batch that
+computed new features, so a run killed at any moment (SIGKILL included) keeps every finished batch; at the end of
+an epoch `TeacherFeatureCache.compact` merges that epoch's small shards into one. Each shard's metadata holds a
+BLAKE2b digest of its payload (keys and features): a shard whose digest, dtype, shape or values (NaN, inf) are
+wrong is refused with the file named, never used. Nothing is ever unpickled.
 
 No library offers this (open_clip_train runs its ``--distill-model`` on every step), hence this module.
 """
@@ -33,14 +36,14 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from timm_spike.utils import atomic_write
+from timm_spike.utils import atomic_write, fault_point
 
 __all__ = ['TeacherFeatureCache', 'CachedTeacher', 'StaleCacheError', 'sample_keys', 'weights_digest']
 
 _logger = logging.getLogger(__name__)
 
 KINDS = ('image', 'text')
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: shards carry a payload digest
 KEY_BYTES = 16
 _SHARD_RE = re.compile(r'^(image|text)-r(\d+)-(\d+)\.safetensors$')
 
@@ -58,6 +61,14 @@ def sample_keys(x: torch.Tensor) -> List[bytes]:
         flat = flat.view(torch.int16)
     rows = flat.numpy()
     return [hashlib.blake2b(head + row.tobytes(), digest_size=KEY_BYTES).digest() for row in rows]
+
+
+def _payload_digest(keys: torch.Tensor, feats: torch.Tensor) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f'{tuple(keys.shape)}:{tuple(feats.shape)}:{feats.dtype};'.encode())
+    h.update(keys.contiguous().numpy().tobytes())
+    h.update(feats.contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -91,6 +102,8 @@ class TeacherFeatureCache:
         self._check_meta()
         self._index: Dict[str, Dict[bytes, Tuple[int, int]]] = {k: {} for k in KINDS}
         self._blocks: List[torch.Tensor] = []
+        self._block_kinds: List[str] = []
+        self._written: Dict[str, List[str]] = {k: [] for k in KINDS}  # shards this object wrote since `compact`
         self._loaded: set = set()
         self._pending: Dict[str, Dict[bytes, torch.Tensor]] = {k: {} for k in KINDS}
         self.hits = {k: 0 for k in KINDS}
@@ -132,22 +145,44 @@ class TeacherFeatureCache:
             if m is None or name in self._loaded:
                 continue
             try:
-                shard = load_file(path)
-                keys, feats = shard['keys'], shard['features']
-                if keys.dtype != torch.uint8 or keys.ndim != 2 or keys.shape[1] != KEY_BYTES \
-                        or feats.ndim != 2 or feats.shape[0] != keys.shape[0]:
-                    raise ValueError(f'keys {tuple(keys.shape)} / features {tuple(feats.shape)}')
+                keys, feats = self._read_shard(path)
+            except FileNotFoundError:  # merged away by `compact` of another process meanwhile
+                continue
             except Exception as e:  # noqa: BLE001 -- any unreadable shard gets the same advice
                 raise StaleCacheError(f'teacher-feature shard {path} is corrupt ({e}); delete {self.root} to '
                                       f'rebuild the cache') from e
             block = len(self._blocks)
-            self._blocks.append(feats.float())
+            self._blocks.append(feats)
+            self._block_kinds.append(m.group(1))
             index = self._index[m.group(1)]
             for row, key in enumerate(keys.numpy()):
                 index.setdefault(key.tobytes(), (block, row))
             self._loaded.add(name)
             n += 1
         return n
+
+    def _read_shard(self, path: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Keys and features of a shard, after checking its digest, dtypes, shapes and values."""
+        from safetensors import safe_open
+        with safe_open(path, framework='pt') as f:
+            meta = f.metadata() or {}
+        shard = load_file(path)
+        keys, feats = shard['keys'], shard['features']
+        if keys.dtype != torch.uint8 or keys.ndim != 2 or keys.shape[1] != KEY_BYTES \
+                or feats.ndim != 2 or feats.shape[0] != keys.shape[0]:
+            raise ValueError(f'keys {tuple(keys.shape)} {keys.dtype} / features {tuple(feats.shape)}')
+        if feats.dtype != torch.float32:
+            raise ValueError(f'features are {feats.dtype}, expected torch.float32')
+        if meta.get('digest') != _payload_digest(keys, feats):
+            raise ValueError('its payload does not match the digest written with it (changed or damaged)')
+        bad = int((~torch.isfinite(feats)).sum())
+        if bad:
+            raise ValueError(f'{bad} non-finite feature values')
+        kind = _SHARD_RE.match(os.path.basename(path)).group(1)
+        dims = {b.shape[1] for b, k in zip(self._blocks, self._block_kinds) if k == kind}
+        if dims and feats.shape[1] not in dims:
+            raise ValueError(f'{kind} features of width {feats.shape[1]}, other shards have {sorted(dims)}')
+        return keys, feats
 
     def __len__(self) -> int:
         return sum(len(self._index[k]) + len(self._pending[k]) for k in KINDS)
@@ -170,6 +205,11 @@ class TeacherFeatureCache:
             raise ValueError(f'{len(keys)} keys but features of shape {tuple(features.shape)}')
         pending, index = self._pending[kind], self._index[kind]
         rows = features.detach().float().cpu()
+        bad = int((~torch.isfinite(rows)).sum())
+        if bad:
+            raise ValueError(f'teacher {kind} features hold {bad} non-finite values (in '
+                             f'{int((~torch.isfinite(rows)).any(1).sum())} of {len(keys)} samples); refusing to '
+                             f'cache or train on them: check the teacher\'s weights and precision')
         for key, row in zip(keys, rows):
             if key not in index and key not in pending:
                 pending[key] = row.clone()
@@ -181,22 +221,48 @@ class TeacherFeatureCache:
             pending = self._pending[kind]
             if not pending:
                 continue
-            n = 0
-            while True:
-                name = f'{kind}-r{self.rank}-{n:05d}.safetensors'
-                if not os.path.exists(os.path.join(self.root, name)) and name not in self._loaded:
-                    break
-                n += 1
             keys = torch.frombuffer(bytearray(b''.join(pending)), dtype=torch.uint8).view(-1, KEY_BYTES)
             feats = torch.stack(list(pending.values()))
-            atomic_write(os.path.join(self.root, name), save({'keys': keys, 'features': feats},
-                                                            metadata={'kind': kind}))
+            self._write_shard(kind, keys, feats)
             written += len(pending)
             pending.clear()
         if written:
             _logger.info(f'teacher-feature cache {self.root}: wrote {written} features ({len(self)} in all)')
         self.refresh()
         return written
+
+    def _write_shard(self, kind: str, keys: torch.Tensor, feats: torch.Tensor) -> str:
+        n = 0
+        while True:
+            name = f'{kind}-r{self.rank}-{n:05d}.safetensors'
+            if not os.path.exists(os.path.join(self.root, name)) and name not in self._loaded:
+                break
+            n += 1
+        meta = {'kind': kind, 'digest': _payload_digest(keys, feats)}
+        atomic_write(os.path.join(self.root, name), save({'keys': keys, 'features': feats}, metadata=meta))
+        fault_point('cache.shard')
+        self._written[kind].append(name)
+        return name
+
+    def compact(self) -> int:
+        """Flush, then merge the shards this object wrote since the last call into one per kind (a killed merge
+        leaves duplicates, which are harmless: a key keeps its first features). Returns the shards removed."""
+        self.flush()
+        removed = 0
+        for kind in KINDS:
+            names = list(self._written[kind])
+            if len(names) < 2:
+                continue
+            parts = [load_file(os.path.join(self.root, n)) for n in names]
+            keys = torch.cat([p['keys'] for p in parts])
+            feats = torch.cat([p['features'] for p in parts])
+            merged = self._write_shard(kind, keys, feats)
+            self._loaded.add(merged)  # its rows are indexed already (from the small shards)
+            for n in names:
+                os.unlink(os.path.join(self.root, n))
+                removed += 1
+            self._written[kind] = []  # the merged shard is final
+        return removed
 
     def stats(self, reset: bool = False) -> Dict[str, Any]:
         """Samples found / computed since the last reset, and features held; ``reset`` zeroes the counters."""
@@ -241,6 +307,7 @@ class CachedTeacher(nn.Module):
             out = self.teacher(**{kind: x.index_select(0, idx)})
             feats = out[f'{kind}_features'].float()
             self.cache.add(kind, list(missing), feats)
+            self.cache.flush()  # this batch's features survive a kill at any later moment
             computed = dict(zip(missing, feats.detach().cpu()))
             found = [computed[k] if f is None else f for k, f in zip(keys, found)]
         return torch.stack(found).to(x.device)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 import open_clip
 from open_clip import build_zero_shot_classifier
 
+from timm_spike.layers.guards import check_max_time_steps
 from timm_spike.utils import atomic_write
 
 from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
@@ -89,8 +90,7 @@ def check_inference_T(model_name: str, T: Optional[int]) -> Dict[str, Any]:
     """
     if T is None:
         return {}
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f'T (number of time steps) must be an integer >= 1, got {T!r}')
+    check_max_time_steps(T)  # before any model is built
     register_model_configs()
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:

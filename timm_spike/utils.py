@@ -1,12 +1,73 @@
-"""Small utilities shared by timm_spike and open_clip_spike: crash-safe file writes, shape-only model builds."""
+"""Small utilities shared by timm_spike and open_clip_spike: crash-safe file writes, fault injection for tests,
+shape-only model builds."""
+import logging
 import os
+import re
+import signal
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Callable, Dict, Iterator, Optional, Set, Tuple
 
 import torch
 
-__all__ = ['atomic_path', 'atomic_write', 'build_on_meta']
+__all__ = ['FAULT_ENV', 'atomic_path', 'atomic_write', 'build_on_meta', 'fault_point', 'remove_stale_temps',
+           'temp_prefix']
+
+_logger = logging.getLogger(__name__)
+
+# Temporary files and folders are named '.tmp-<pid>-<random>...': a later run can tell those of a process that
+# no longer exists (killed mid-write) from those of one still writing, and remove only the former.
+_TEMP_RE = re.compile(r'^\.(?:.+\.)?tmp-(\d+)-')
+_swept: Set[str] = set()
+
+
+def temp_prefix(name: str = '') -> str:
+    """Prefix of a temporary file or folder of this process (``.NAME.tmp-PID-``, or ``.tmp-PID-``)."""
+    return f'.{name}.tmp-{os.getpid()}-' if name else f'.tmp-{os.getpid()}-'
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str, force: bool = False) -> int:
+    """Remove temporary files and folders (``temp_prefix`` names) left in ``folder`` by processes that are gone.
+
+    Checked once per folder and process unless ``force``. Returns how many entries were removed.
+    """
+    import shutil
+    folder = os.path.abspath(folder)
+    if (folder in _swept and not force) or not os.path.isdir(folder):
+        return 0
+    _swept.add(folder)
+    removed = 0
+    for name in os.listdir(folder):
+        m = _TEMP_RE.match(name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed += 1
+            _logger.warning('removed %s, left by an interrupted write (process %s)', path, m.group(1))
+        except FileNotFoundError:  # another process swept it first
+            pass
+    return removed
+
+
+def _default_file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 @contextmanager
@@ -14,17 +75,19 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path in ``path``'s folder (same suffix) to write; rename it over ``path`` on success.
 
     Readers see the old file or the whole new one, never a half-written one; on an error the temporary file is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was. A temporary file left by a killed process is removed by the next
+    write into the same folder (``remove_stale_temps``). The file gets the permissions of a normally created
+    one (``mkstemp`` makes 0600). ``fault_point('atomic:<file name>')`` fires between the write and the rename.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.splitext(path)[1])
+    remove_stale_temps(folder)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(), suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, _default_file_mode())
+        fault_point(f'atomic:{os.path.basename(path)}')
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -35,6 +98,49 @@ def atomic_write(path: str, data: bytes):
     """Write bytes to ``path`` through a temporary file in the same folder, then rename over it."""
     with atomic_path(path) as tmp, open(tmp, 'wb') as f:
         f.write(data)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fault injection (tests/faults): a process kills or interrupts itself at a named point.
+
+FAULT_ENV = 'SPIKECLIP_FAULT'
+_fault_hits: Dict[str, int] = {}
+_fault_spec: Tuple[Optional[str], Optional[Tuple[str, int, str]]] = (None, None)
+_SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT}
+
+
+def _parse_fault(spec: str) -> Tuple[str, int, str]:
+    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>KILL|INT|KILLGROUP|INTGROUP))?', spec)
+    if m is None:
+        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP]')
+    return m['point'], int(m['n'] or 1), m['how'] or 'KILL'
+
+
+def fault_point(name: str) -> None:
+    """A named point where ``$SPIKECLIP_FAULT`` can make this process die, for the fault-injection tests.
+
+    ``SPIKECLIP_FAULT=POINT[@N][:HOW]`` fires at the N-th time (default 1) this process reaches ``POINT``;
+    HOW is KILL (SIGKILL to itself, the default), INT (SIGINT, as Ctrl-C), or KILLGROUP / INTGROUP (to its whole
+    process group, as a terminal does). Without the variable this is a dictionary lookup.
+    """
+    global _fault_spec
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    if _fault_spec[0] != spec:
+        _fault_spec = (spec, _parse_fault(spec))
+    point, n, how = _fault_spec[1]
+    if name != point:
+        return
+    _fault_hits[name] = _fault_hits.get(name, 0) + 1
+    if _fault_hits[name] != n:
+        return
+    sig = _SIGNALS[how.replace('GROUP', '')]
+    _logger.warning('fault injection: %s at %s (hit %d)', how, name, n)
+    if how.endswith('GROUP'):
+        os.killpg(os.getpgid(0), sig)
+    else:
+        os.kill(os.getpid(), sig)  # SIGINT: KeyboardInterrupt at the next bytecode of the main thread
 
 
 def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:

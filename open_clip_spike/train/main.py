@@ -62,6 +62,7 @@ from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, Teache
 from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
 
 from .patches import UPSTREAM_VERSION, patched_open_clip_train
+from .resume import ResumeError, prepare_experiment
 
 __all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'main',
            'resolve_classnames_templates']
@@ -477,20 +478,25 @@ class _Run:
     def train_one_epoch(self, model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):
         start = time.perf_counter()
         try:
-            return self._upstream_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
-                                                  args, **kwargs)
+            out = self._upstream_train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model,
+                                                 args, **kwargs)
         finally:
-            seconds = time.perf_counter() - start
-            record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
             if self.cache is not None:
                 self.cache.flush()  # also after an interrupted epoch: its finished batches stay cached
-                record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
-            _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
-                f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
-            base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
-            if base and getattr(args, 'rank', 0) == 0 and os.path.isdir(base):
-                with open(os.path.join(base, 'spike_epochs.jsonl'), 'a') as f:
-                    f.write(json.dumps(record) + '\n')
+        if self.cache is not None:
+            self.cache.compact()  # the epoch's per-batch shards merged into one
+        # only finished epochs are recorded (a resumed run trims records past its checkpoint and writes them again)
+        seconds = time.perf_counter() - start
+        record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
+        if self.cache is not None:
+            record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
+        _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
+            f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
+        base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
+        if base and getattr(args, 'rank', 0) == 0 and os.path.isdir(base):
+            with open(os.path.join(base, 'spike_epochs.jsonl'), 'a') as f:
+                f.write(json.dumps(record) + '\n')
+        return out
 
 
 class _Relabel:
@@ -550,12 +556,43 @@ def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
                               'so training images are not augmented: drop --aug-cfg (or the cache)')
     if a.accum_freq != 1:
         raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
-    if a.name and a.logs and a.logs.lower() != 'none':
-        existing = os.path.join(a.logs, a.name, 'out.log')
-        if os.path.exists(existing) and a.resume != 'latest':
-            raise SpikeTrainError(
-                f'experiment {a.name!r} already exists in {a.logs}: continue it with --resume latest, or pick a '
-                f'new --name')
+    _validate_numbers_and_paths(cfg, a)
+
+
+def _looks_like_file(value: Optional[str]) -> bool:
+    """A --pretrained / --distill-pretrained value that names a file rather than a tag such as 'openai'."""
+    return bool(value) and (os.sep in value or value.endswith(('.pt', '.pth', '.bin', '.safetensors')))
+
+
+def _validate_numbers_and_paths(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
+    """Numbers and paths, checked before any model is built (upstream finds a missing file only after both)."""
+    for flag, value, low in (('--epochs', a.epochs, 1), ('--batch-size', a.batch_size, 1), ('--workers', a.workers, 0)):
+        if value < low:
+            raise SpikeTrainError(f'{flag} must be >= {low}, got {value}')
+    for flag, value in (('--lr', a.lr), ('--wd', a.wd)):
+        if value is not None and not (value >= 0 and value != float('inf')):
+            raise SpikeTrainError(f'{flag} must be a finite number >= 0, got {value}')
+    if a.train_data is None and a.imagenet_val is None and a.val_data is None:
+        raise SpikeTrainError('no data: pass --train-data FILE (a CSV or webdataset shards)')
+    data_type = a.dataset_type
+    for flag, value in (('--train-data', a.train_data), ('--val-data', a.val_data)):
+        if value is None:
+            continue
+        if data_type == 'csv' or (data_type == 'auto' and value.endswith(('.csv', '.tsv'))):
+            if not os.path.isfile(value):
+                raise SpikeTrainError(f'{flag} {value!r}: no such file (a CSV with --csv-img-key and '
+                                      f'--csv-caption-key columns)')
+        elif data_type in ('webdataset', 'auto') and '{' not in value and '::' not in value \
+                and '://' not in value and not os.path.exists(value):
+            raise SpikeTrainError(f'{flag} {value!r}: no such file')
+    if a.imagenet_val is not None and not os.path.isdir(a.imagenet_val):
+        raise SpikeTrainError(f'--imagenet-val {a.imagenet_val!r}: no such folder (an ImageFolder of class folders)')
+    for flag, value in (('--distill-pretrained', a.distill_pretrained), ('--pretrained', a.pretrained)):
+        if _looks_like_file(value) and not os.path.isfile(value):
+            raise SpikeTrainError(f'{flag} {value!r}: no such file (a checkpoint file, or a pretrained tag such '
+                                  f'as openai)')
+    if cfg.teacher_cache and os.path.exists(cfg.teacher_cache) and not os.path.isdir(cfg.teacher_cache):
+        raise SpikeTrainError(f'--spike-teacher-cache {cfg.teacher_cache!r} is a file; it must be a folder')
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -599,20 +636,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         oc_args = parse_args(rest)
         _validate(cfg, oc_args)
         run = _Run(cfg, oc_args)
-        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none':
-            new_dir = os.path.join(oc_args.logs, oc_args.name)
-            new_dir = None if os.path.exists(new_dir) else new_dir
+        rest = prepare_experiment(argv, rest, oc_args.logs, oc_args.name, oc_args.resume)
+        run.oc_args = oc_args = parse_args(rest)
+        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none' and oc_args.resume is None:
+            new_dir = os.path.join(oc_args.logs, oc_args.name)  # a fresh attempt: removed if refused
         with patched_open_clip_train(run):
             rc = open_clip_train_main(rest)
-    except SpikeTrainError as e:
+    except (SpikeTrainError, ResumeError) as e:
         _logger.error(str(e))
         print(f'spikeclip train: error: {e}', file=sys.stderr)
         # A run refused before its first checkpoint leaves no experiment folder behind (a rerun with the same
-        # --name would otherwise be refused as existing).
+        # --name would otherwise find it).
         if new_dir and os.environ.get('RANK', '0') == '0' and os.path.isdir(new_dir) \
                 and not glob.glob(os.path.join(new_dir, '**', '*.pt'), recursive=True):
             shutil.rmtree(new_dir, ignore_errors=True)
         return 2
+    except KeyboardInterrupt:
+        print('spikeclip train: interrupted; rerun the same command to continue from the last finished epoch',
+              file=sys.stderr)
+        return 130
     if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
         return 1
     args = run.args

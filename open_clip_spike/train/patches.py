@@ -13,7 +13,9 @@ import open_clip
 import torch
 from torch import nn
 
-__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train']
+from .resume import ResumeState
+
+__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches']
 
 _logger = logging.getLogger(__name__)
 
@@ -51,15 +53,59 @@ def _tar_file_expander_without_eof(expander):
     return functools.partial(expander, eof_value=None)
 
 
+def resume_patches(state: ResumeState) -> list:
+    """The patches behind exact resumption (``open_clip_spike.train.resume``): (module, attribute, value)."""
+    import open_clip_train.main as oc_main
+    return [
+        # checkpoints hold no random state and torch.save writes them in place (a kill leaves a truncated file):
+        # add the state and write through a temporary file (only upstream's checkpoint dicts are touched).
+        (torch, 'save', functools.partial(state.save, torch.save)),
+        # --resume latest takes the file that sorts last, readable or not (even upstream's own tmp.pt).
+        (oc_main, 'get_latest_checkpoint', state.get_latest_checkpoint),
+        # the checkpoint's random state must reach the first resumed epoch (main imported pt_load by name).
+        (oc_main, 'pt_load', state.pt_load),
+    ]
+
+
 @contextlib.contextmanager
-def patched_open_clip_train(run):
+def _applied(patches: list):
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    try:
+        for mod, name, value in patches:
+            setattr(mod, name, value)
+        yield
+    finally:
+        for mod, name, value in reversed(saved):
+            setattr(mod, name, value)
+
+
+def _check_version() -> None:
+    if open_clip.__version__ != UPSTREAM_VERSION:
+        _logger.warning(f'open_clip_spike.train.patches patches open_clip_train {UPSTREAM_VERSION}; found '
+                        f'{open_clip.__version__}')
+
+
+@contextlib.contextmanager
+def patched_upstream_loop(state: ResumeState):
+    """Only the resume patches: open_clip_train's own loop and losses (the demo's ANN teacher), resumable."""
+    import open_clip_train.main as oc_main
+    _check_version()
+    patches = resume_patches(state) + [
+        # each epoch starts from the random state the previous one ended with (saved in the checkpoint).
+        (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(oc_main.train_one_epoch)),
+    ]
+    with _applied(patches):
+        yield
+
+
+@contextlib.contextmanager
+def patched_open_clip_train(run, state: Optional[ResumeState] = None):
     """Every patch of open_clip_train (written for open_clip_torch 3.3.0) and why; undone on exit."""
     import open_clip_train.main as oc_main
     import open_clip_train.train as oc_train
     import open_clip_train.zero_shot as oc_zero_shot
-    if open_clip.__version__ != UPSTREAM_VERSION:
-        _logger.warning(f'open_clip_spike.train.patches patches open_clip_train {UPSTREAM_VERSION}; found '
-                        f'{open_clip.__version__}')
+    _check_version()
+    state = state or ResumeState()
     run._upstream_zero_shot_eval = oc_train.zero_shot_eval
     run._upstream_train_one_epoch = oc_main.train_one_epoch
     patches = [
@@ -73,19 +119,14 @@ def patched_open_clip_train(run):
         (oc_train, 'zero_shot_eval', run.zero_shot_eval),
         # accuracy() calls float() on a 1-element array, an error from numpy 2.4 on.
         (oc_zero_shot, 'accuracy', _accuracy),
-        # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache written after each epoch.
-        (oc_main, 'train_one_epoch', run.train_one_epoch),
-    ]
+        # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache; inside it, each epoch starts
+        # from the random state the previous one ended with (saved in the checkpoint: exact resumption).
+        (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(run.train_one_epoch)),
+    ] + resume_patches(state)
     import open_clip_train.data as oc_data
     if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
         # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for
         # a file (KeyError 'fname'); ask for no marker (webdataset < 1.0 behaviour).
         patches.append((oc_data, 'tar_file_expander', _tar_file_expander_without_eof(oc_data.tar_file_expander)))
-    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
-    try:
-        for mod, name, value in patches:
-            setattr(mod, name, value)
+    with _applied(patches):
         yield
-    finally:
-        for mod, name, value in saved:
-            setattr(mod, name, value)

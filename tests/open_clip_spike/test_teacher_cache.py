@@ -113,3 +113,68 @@ def test_weights_digest_tracks_values(teacher):
     with torch.no_grad():
         other.logit_scale.add_(1e-3)
     assert weights_digest(other) != d
+
+
+def _shard_with(path, keys, feats, digest_of=None):
+    """Rewrite a shard with these contents; its digest is that of ``digest_of`` (default: the contents)."""
+    from safetensors.torch import save_file
+    from open_clip_spike.teacher_cache import _payload_digest
+    k2, f2 = digest_of if digest_of is not None else (keys, feats)
+    save_file({'keys': keys, 'features': feats}, str(path), metadata={'kind': 'image',
+                                                                      'digest': _payload_digest(k2, f2)})
+
+
+@pytest.mark.parametrize('tamper, message', [
+    ('negate', 'does not match the digest'),        # changed values, old digest
+    ('nan', '1 non-finite feature values'),          # NaN with a matching digest
+    ('float64', 'expected torch.float32'),
+    ('width', 'width 4, other shards have \\[3\\]'),
+])
+def test_shard_contents_are_validated(tmp_path, tamper, message):
+    c = TeacherFeatureCache(str(tmp_path), FP)
+    keys = sample_keys(torch.arange(4.).view(2, 2))
+    c.add('image', keys[:1], torch.ones(1, 3))
+    c.flush()
+    c.add('image', keys[1:], torch.full((1, 3), 2.))
+    c.flush()
+    shard = tmp_path / 'image-r0-00001.safetensors'
+    from safetensors.torch import load_file
+    s = load_file(str(shard))
+    k, f = s['keys'], s['features']
+    if tamper == 'negate':
+        _shard_with(shard, k, -f, digest_of=(k, f))
+    elif tamper == 'nan':
+        _shard_with(shard, k, torch.tensor([[float('nan'), 2., 2.]]))
+    elif tamper == 'float64':
+        _shard_with(shard, k, f.double())
+    else:
+        _shard_with(shard, k, torch.ones(1, 4))
+    with pytest.raises(StaleCacheError, match=f'image-r0-00001.safetensors is corrupt .*{message}'):
+        TeacherFeatureCache(str(tmp_path), FP)
+
+
+def test_non_finite_teacher_features_are_refused(tmp_path):
+    c = TeacherFeatureCache(str(tmp_path), FP)
+    feats = torch.ones(3, 4)
+    feats[1, 2] = float('inf')
+    feats[2] = float('nan')
+    with pytest.raises(ValueError, match=r'5 non-finite values \(in 2 of 3 samples\)'):
+        c.add('image', sample_keys(torch.arange(6.).view(3, 2)), feats)
+    assert c.count('image') == 0
+
+
+def test_every_batch_is_on_disk_and_compact_merges(tmp_path, teacher):
+    """CachedTeacher writes a shard per batch (a SIGKILL keeps them); compact() merges them at the epoch end."""
+    cached = CachedTeacher(teacher, TeacherFeatureCache(str(tmp_path), FP), text=False)
+    images = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        for i in range(3):
+            cached(images[2 * i:2 * i + 2], None)
+    assert sorted(p.name for p in tmp_path.glob('image-*')) == [f'image-r0-0000{i}.safetensors' for i in range(3)]
+    reread = TeacherFeatureCache(str(tmp_path), FP)  # what a killed run leaves: every batch
+    assert reread.count('image') == 6
+    assert cached.cache.compact() == 3
+    assert [p.name for p in tmp_path.glob('image-*')] == ['image-r0-00003.safetensors']
+    again = TeacherFeatureCache(str(tmp_path), FP)
+    for k, row in zip(sample_keys(images), teacher(image=images)['image_features'].detach()):
+        assert torch.allclose(again.get('image', k), row, atol=1e-6)

@@ -163,9 +163,11 @@ def test_export_checkpoint_function(stage1, tmp_path):
 
 
 def test_resume_continues(digits, stage1):
-    # An existing --name without --resume is refused (upstream logs an error and exits 0).
+    # An existing --name run with another command is refused, naming the difference (upstream logs an error and
+    # exits 0); the same command would resume it (tests/faults).
     proc = _run(_cmd(digits, 's1', *_csv(digits), '--epochs', '3'))
-    assert proc.returncode == 2 and 'already exists' in proc.stderr and '--resume latest' in proc.stderr
+    assert proc.returncode == 2 and 'was run with another command' in proc.stderr
+    assert 'only there: 2' in proc.stderr and 'only here: 3' in proc.stderr and '--resume latest' in proc.stderr
     before = _losses(digits, 's1')
     _ok(_run(_cmd(digits, 's1', *_csv(digits), '--epochs', '3', '--resume', 'latest')))
     log = (stage1 / 'out.log').read_text()
@@ -271,7 +273,15 @@ def test_teacher_with_other_embedding_size(digits):
     ({'--spike-loss': 'dual'}, 'needs the class names'),
     ({'--spike-loss': 'dual', '--spike-classnames': 'cifar10', '--lock-text-unlocked-layers': '1'},
      'freezes the whole text tower'),
-    ({'--spike-classnames': 'no_such_set'}, "--spike-classnames 'no_such_set'"),
+    ({'--spike-classnames': 'no_such_set'}, "--spike-classnames / --spike-templates: Unknown class names 'no_such_set'"),
+    ({'--epochs': '0'}, '--epochs must be >= 1, got 0'),
+    ({'--batch-size': '0'}, '--batch-size must be >= 1, got 0'),
+    ({'--lr': 'nan'}, '--lr must be a finite number >= 0, got nan'),
+    ({'--train-data': '/no/such/train.csv'}, "--train-data '/no/such/train.csv': no such file"),
+    ({'--distill-pretrained': '/no/such/teacher.safetensors'},
+     "--distill-pretrained '/no/such/teacher.safetensors': no such file"),
+    ({'--imagenet-val': '/no/such/val'}, "--imagenet-val '/no/such/val': no such folder"),
+    ({'--resume': 'latest'}, 'holds no checkpoint to resume from'),
 ])
 def test_bad_input_is_refused(digits, capsys, change, message):
     cmd = _cmd(digits, 'never', *_csv(digits), module=False)
@@ -284,6 +294,31 @@ def test_bad_input_is_refused(digits, capsys, change, message):
     assert spike_train.main(cmd) == 2
     assert message in capsys.readouterr().err
     assert not (digits / 'logs' / 'never').exists()
+
+
+def test_bad_input_fails_before_any_model_is_built(digits, capsys, monkeypatch):
+    """Paths and numbers are checked first: a missing --train-data costs no model build."""
+    def no_build(*a, **k):
+        raise AssertionError('a model was built')
+    monkeypatch.setattr(open_clip, 'create_model_and_transforms', no_build)
+    cmd = _cmd(digits, 'never', *_csv(digits), module=False)
+    cmd[cmd.index('--train-data') + 1] = str(digits / 'missing.csv')
+    assert spike_train.main(cmd) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'missing.csv' in err and 'Traceback' not in err
+
+
+def test_failed_run_leaves_nothing_that_blocks_the_rerun(digits):
+    """A folder without a checkpoint (a run that failed or was killed in its first epoch) does not block the
+    same --name: the rerun removes it and starts afresh (upstream refuses any existing out.log)."""
+    folder = digits / 'logs' / 'retry'
+    folder.mkdir(parents=True)
+    (folder / 'out.log').write_text('an attempt that died\n')
+    (folder / 'checkpoints').mkdir()
+    _ok(_run(_cmd(digits, 'retry', *_csv(digits), '--epochs', '1')))
+    assert 'an attempt that died' not in (folder / 'out.log').read_text()
+    assert (folder / 'checkpoints' / 'epoch_1.pt').is_file()
+    assert json.loads((folder / 'spike_command.json').read_text())['argv'][-2:] == ['--epochs', '1']
 
 
 def test_caption_labeler():

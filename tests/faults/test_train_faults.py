@@ -1,0 +1,96 @@
+"""``spikeclip train`` killed (SIGKILL) or interrupted (SIGINT) at named points, then rerun with the same command:
+the result equals an uninterrupted run bit for bit, and nothing half-written is left."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_same_weights, killed, litter, load_weights, run_cmd, train_cmd
+
+EPOCHS = ('--epochs', '2')
+STEPS = 3  # 12 images, batch 4
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def _epoch_records(run: Path):
+    return [{k: v for k, v in json.loads(line).items() if k != 'seconds'}
+            for line in (run / 'spike_epochs.jsonl').read_text().splitlines()]
+
+
+def _last_epoch_losses(run: Path):
+    """Per-step losses of the last epoch from open_clip_train's log (a resumed run logs its epochs again)."""
+    log = (run / 'out.log').read_text()
+    return re.findall(r'Train Epoch: 1 .* Loss: ([0-9.e+-]+) ', log)[-STEPS:]
+
+
+@pytest.fixture(scope='session')
+def reference(digits, tmp_path_factory):
+    """One uninterrupted 2-epoch run, shared by every test of the session."""
+    logs = tmp_path_factory.mktemp('ref-logs')
+    _ok(run_cmd(train_cmd(digits, logs, 'ref', *EPOCHS)))
+    return logs / 'ref'
+
+
+def _check_same(run: Path, ref: Path):
+    assert_same_weights(load_weights(run / 'checkpoints' / 'epoch_2.pt'), load_weights(ref / 'checkpoints' / 'epoch_2.pt'))
+    assert_same_weights(load_weights(run / 'checkpoints' / 'epoch_2.safetensors'),
+                        load_weights(ref / 'checkpoints' / 'epoch_2.safetensors'))
+    assert _epoch_records(run) == _epoch_records(ref) == [{'epoch': 1}, {'epoch': 2}]
+    assert _last_epoch_losses(run) == _last_epoch_losses(ref) and len(_last_epoch_losses(ref)) == STEPS
+    assert litter(run) == []
+
+
+# One run killed again and again with the same command, each time at another point; the last rerun finishes.
+# (A chain rather than one run per fault: a process start costs more than the training here.)
+CHAIN = [
+    ('train.batch@2:KILL', 'inside the first epoch (no checkpoint yet)'),
+    ('checkpoint.write@1:KILL', 'while epoch_1.pt is written'),
+    ('checkpoint.write@2:INT', 'while epoch_2.pt is written (Ctrl-C)'),
+    ('train.batch@2:INT', 'inside the second epoch, resumed from epoch 1 (Ctrl-C)'),
+]
+
+
+def test_killed_train_resumes_exactly(digits, reference, tmp_path, fault_log):
+    cmd = train_cmd(digits, tmp_path, 'run', *EPOCHS)
+    run = tmp_path / 'run'
+    for fault, where in CHAIN:
+        fault_log.tried(f'{fault.split(":")[1]} at {fault.split(":")[0]}', f'spikeclip train: {where}')
+        proc = run_cmd(cmd, fault=fault)
+        assert killed(proc), proc.stderr[-3000:]
+        if fault.endswith(':INT'):
+            assert 'rerun the same command' in proc.stderr and 'Traceback' not in proc.stderr
+    assert sorted(p.name for p in (run / 'checkpoints').glob('epoch_*.pt')) == ['epoch_1.pt']
+    assert 'resuming' in (run / 'out.log').read_text()
+    _ok(run_cmd(cmd))
+    _check_same(run, reference)
+    fault_log.survived()
+
+
+def test_checkpoint_carries_random_state(reference):
+    ckpt = torch.load(reference / 'checkpoints' / 'epoch_1.pt', map_location='cpu', weights_only=True)
+    extra = ckpt['spike_resume']
+    assert extra['epoch'] == 1 and extra['step'] == STEPS
+    assert set(extra['rng']) >= {'torch', 'numpy_keys', 'python_internal'}
+    assert extra['rng']['numpy_keys'].shape == (624,) and extra['rng']['python_internal'].shape == (625,)
+
+
+def test_truncated_latest_checkpoint_is_set_aside(digits, reference, tmp_path, fault_log):
+    fault_log.tried('epoch_2.pt truncated to half', 'spikeclip train rerun')
+    run = tmp_path / 'logs' / 'run'
+    shutil.copytree(reference, run)
+    (run / 'checkpoints' / 'epoch_2.safetensors').unlink()
+    data = (run / 'checkpoints' / 'epoch_2.pt').read_bytes()
+    (run / 'checkpoints' / 'epoch_2.pt').write_bytes(data[:len(data) // 2])
+    proc = _ok(run_cmd(train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--resume', 'latest')))
+    assert 'is unreadable' in proc.stderr + (run / 'out.log').read_text()
+    assert (run / 'checkpoints' / 'epoch_2.pt.corrupt').is_file()  # set aside, with a warning
+    (run / 'checkpoints' / 'epoch_2.pt.corrupt').unlink()
+    _check_same(run, reference)
+    fault_log.survived()
