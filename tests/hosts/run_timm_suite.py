@@ -77,7 +77,7 @@ def parse_junit(path: Path) -> List[Dict[str, str]]:
         for tag, out in (('skipped', 'skip'), ('failure', 'fail'), ('error', 'fail')):
             el = case.find(tag)
             if el is not None:
-                outcome, message = out, (el.get('message') or '').splitlines()[0][:200] if el.get('message') else ''
+                outcome, message = out, (el.get('message') or '').splitlines()[0][:500] if el.get('message') else ''
                 break
         rows.append(dict(test=test, model=model, outcome=outcome, message=message))
     return rows
