@@ -28,21 +28,15 @@ __all__ = ['export_text_nir', 'export_spikeclip_nir', 'save_spikeclip_nir', 'spi
 TOWERS = ('image', 'text', 'both')
 
 
-def _plain_linear(fc: nn.Linear) -> nn.Linear:
-    out = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None)
-    out.load_state_dict({k: v.detach().float().cpu() for k, v in fc.state_dict().items()})
-    return out
-
-
 class _TextMLPView(nn.Module):
     """The MLP text tower from its first spiking layer, one time step: fc2(lif2(fc1(lif1(x))))."""
 
     def __init__(self, tower: SpikingTextMLP):
         super().__init__()
-        self.lif1 = tnir._plain_lif(tower.lif1)
-        self.fc1 = _plain_linear(tower.fc1)
-        self.lif2 = tnir._plain_lif(tower.lif2)
-        self.fc2 = _plain_linear(tower.fc2)
+        self.lif1 = tnir.plain_lif(tower.lif1)
+        self.fc1 = tnir.plain_linear(tower.fc1)
+        self.lif2 = tnir.plain_lif(tower.lif2)
+        self.fc2 = tnir.plain_linear(tower.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.lif2(self.fc1(self.lif1(x))))
@@ -51,9 +45,9 @@ class _TextMLPView(nn.Module):
 def check_text_exportable(tower: nn.Module) -> None:
     """Raise a ``ValueError`` naming the first layer of a text tower that NIR 1.0 cannot express."""
     if isinstance(tower, SpikingTextMLP):
-        tnir._check_lif(tower)
+        tnir.check_neurons(tower)
         return
-    attn = tnir._attention_layers(tower)
+    attn = tnir.attention_layers(tower)
     if attn:
         raise ValueError(
             f"{type(tower).__name__} cannot be exported to NIR: its layer '{attn[0]}' is spiking self-attention, "
@@ -145,7 +139,7 @@ def export_spikeclip_nir(
     if 'image' in want:
         proj = getattr(visual.head, 'proj', None) if isinstance(getattr(visual, 'head', None), nn.Module) else None
         out['image'] = tnir.export_nir(trunk, T=T, dt=dt, model_name=f'{model_name}/image', extra_head=proj,
-                                       extra_metadata=dict(shared, timm_model_name=tnir._timm_model_name(trunk)))
+                                       extra_metadata=dict(shared, timm_model_name=tnir.timm_model_name(trunk)))
     if 'text' in want:
         out['text'] = export_text_nir(model.text, T=T, dt=dt, model_name=f'{model_name}/text',
                                       extra_metadata=shared)

@@ -56,7 +56,8 @@ from .utils import atomic_path
 __all__ = [
     'NIR_DT', 'FORMAT', 'FORMAT_VERSION', 'NIRSimulator', 'export_nir', 'write_nir', 'read_nir', 'save_nir',
     'nir_metadata', 'check_exportable', 'fold_conv_bn', 'lif_to_nir', 'load_spikingjelly', 'load_snntorch',
-    'project_spikes', 'compare_runs', 'build_graph', 'metadata_for',
+    'project_spikes', 'compare_runs', 'build_graph', 'metadata_for', 'attention_layers', 'check_neurons', 'plain_lif',
+    'plain_linear', 'timm_model_name',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ FORMAT_VERSION = 1
 # What NIR can express
 # ---------------------------------------------------------------------------------------------------------
 
-def _attention_layers(model: nn.Module) -> List[str]:
+def attention_layers(model: nn.Module) -> List[str]:
+    """Paths of the spiking self-attention layers of ``model``, in module order."""
     # Spiking self-attention (q @ k^T, attn @ v on spikes) in every attention family here has 'Attention' in its
     # class name: SpikingSelfAttention, SpikeDrivenSelfAttention, QKAttention.
     return [name for name, m in model.named_modules() if 'Attention' in type(m).__name__]
@@ -90,7 +92,7 @@ def check_exportable(model: nn.Module, stem_only: bool = False) -> None:
         model: A timm_spike model (``sew_resnet*``; the attention families are refused).
         stem_only: Check only the convolutional stem.
     """
-    attn = _attention_layers(model)
+    attn = attention_layers(model)
     if not _is_sew_resnet(model):
         name = type(model).__name__
         if attn:
@@ -102,7 +104,7 @@ def check_exportable(model: nn.Module, stem_only: bool = False) -> None:
                 f"has no node for a product of two signals{stem}. Export a sew_resnet* tower instead")
         raise ValueError(f'{name} is not a tower timm_spike.nir can export; exportable: sew_resnet* models '
                          f'(stem="cifar", cnf="ADD") and the spiking MLP text tower (open_clip_spike.nir)')
-    _check_lif(model)
+    check_neurons(model)
     if stem_only:  # conv1 + bn1 + sn1 come before the ImageNet stem's max-pool
         return
     if model.stem != 'cifar':
@@ -119,7 +121,8 @@ def check_exportable(model: nn.Module, stem_only: bool = False) -> None:
         raise ValueError("Export needs global_pool='avg' (the mean over tokens becomes an AvgPool2d node)")
 
 
-def _check_lif(model: nn.Module) -> None:
+def check_neurons(model: nn.Module) -> None:
+    """Raise a ``ValueError`` for the first neuron NIR's LIF cannot express (not a LIF, or a soft reset)."""
     for name, m in model.named_modules():
         if is_spiking_neuron(m):
             if type(m).__name__ not in ('StatelessLIFNode', 'LIFNode'):
@@ -158,13 +161,15 @@ def fold_conv_bn(conv: nn.Conv2d, bn: Optional[nn.modules.batchnorm._BatchNorm])
     return out
 
 
-def _plain_linear(fc: nn.Linear) -> nn.Linear:
+def plain_linear(fc: nn.Linear) -> nn.Linear:
+    """A float32 CPU copy of a linear layer (NIR Affine, or Linear without bias)."""
     out = nn.Linear(fc.in_features, fc.out_features, bias=fc.bias is not None)
     out.load_state_dict({k: v.detach().float().cpu() for k, v in fc.state_dict().items()})
     return out
 
 
-def _plain_lif(node: nn.Module) -> neuron.LIFNode:
+def plain_lif(node: nn.Module) -> neuron.LIFNode:
+    """A single-step spikingjelly ``LIFNode`` with ``node``'s parameters (what the exporter maps)."""
     # spikingjelly's exporter maps modules by exact class: timm_spike's StatelessLIFNode (a subclass) is not in its
     # table, so the view holds a single-step LIFNode with the same parameters.
     return neuron.LIFNode(tau=float(node.tau), decay_input=bool(node.decay_input),
@@ -180,12 +185,12 @@ class _SEWBlockView(nn.Module):
         self.names = []
         for i, n in enumerate(convs, 1):
             setattr(self, f'conv{i}', fold_conv_bn(getattr(blk, n), getattr(blk, f'bn{i}')))
-            setattr(self, f'sn{i}', _plain_lif(getattr(blk, f'sn{i}')))
+            setattr(self, f'sn{i}', plain_lif(getattr(blk, f'sn{i}')))
             self.names.append(i)
         if blk.downsample is not None:
             ds = blk.downsample
             self.downsample = nn.Sequential(fold_conv_bn(ds[0], ds[1] if len(ds) > 1 else None))
-            self.downsample_sn = _plain_lif(blk.downsample_sn)
+            self.downsample_sn = plain_lif(blk.downsample_sn)
         else:
             self.downsample = None
 
@@ -209,7 +214,7 @@ class _SEWResNetView(nn.Module):
         super().__init__()
         self.stem_only = stem_only
         self.conv1 = fold_conv_bn(model.conv1, model.bn1)
-        self.sn1 = _plain_lif(model.sn1)
+        self.sn1 = plain_lif(model.sn1)
         if stem_only:
             return
         for s in ('layer1', 'layer2', 'layer3', 'layer4'):
@@ -219,8 +224,8 @@ class _SEWResNetView(nn.Module):
         self.pool = nn.AvgPool2d(kernel_size=feat_hw, stride=feat_hw, padding=(0, 0))
         self.flatten = nn.Flatten(1)
         head = model.get_classifier()
-        self.fc = _plain_linear(head) if isinstance(head, nn.Linear) else None
-        self.proj = _plain_linear(extra_head) if extra_head is not None else None
+        self.fc = plain_linear(head) if isinstance(head, nn.Linear) else None
+        self.proj = plain_linear(extra_head) if extra_head is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.sn1(self.conv1(x))
@@ -345,7 +350,8 @@ def build_graph(view: nn.Module, example_input: torch.Tensor, metadata: Dict[str
     return graph
 
 
-def _timm_model_name(model: nn.Module) -> str:
+def timm_model_name(model: nn.Module) -> str:
+    """The timm architecture name of ``model`` (its class name if it has no pretrained cfg)."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     return cfg.get('architecture') or type(model).__name__
 
@@ -389,7 +395,7 @@ def export_nir(
                 'the head output at each step (the embedding before normalisation, for a SpikeCLIP image tower)'
                 if view.fc is not None else 'the pooled features (mean over positions) at each step')
     md = metadata_for(
-        model_name or _timm_model_name(model), 'image-stem' if stem_only else 'image', T, model.lif_cfg,
+        model_name or timm_model_name(model), 'image-stem' if stem_only else 'image', T, model.lif_cfg,
         input_description=(f'image [C, H, W] = [{c}, {h}, {w}], normalised with the model\'s mean/std '
                            f'(pretrained_cfg), presented unchanged at each of the T steps (direct encoding)'),
         input_shape=(c, h, w), dt=dt, readout=None if stem_only else model.readout,
@@ -584,7 +590,6 @@ def load_snntorch(graph_or_path: Union['nir.NIRGraph', str, os.PathLike]) -> NIR
     """
     try:
         import snntorch
-        from snntorch import utils as snn_utils
         from snntorch.import_nir import import_from_nir as snn_import
     except ImportError as e:
         raise ImportError(f"load_snntorch needs snnTorch ({e}); install it with: pip install 'snntorch>=1.0'") from e

@@ -151,3 +151,18 @@ def test_attention_image_tower_refused():
     assert set(onir.export_spikeclip_nir(m, towers='text')) == {'text'}
     with pytest.raises(ValueError, match='Unknown tower'):
         onir.export_spikeclip_nir(m, towers='audio')
+
+
+def test_verify_spikeclip_nir_report(clip_model, clip_files, prompts):
+    pytest.importorskip('snntorch')
+    images = torch.randn(6, 3, IMG, IMG, generator=torch.Generator().manual_seed(4))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    res = onir.verify_spikeclip_nir(clip_model, clip_files, images, prompts, labels, prompts_per_class=2,
+                                    batch_size=4)
+    assert res['n'] == 6 and 0.0 <= res['project']['top1'] <= 1.0
+    for name in ('spikingjelly', 'snntorch'):
+        r = res[name]
+        assert set(r['text_layers']) == {'lif1', 'lif2'} and len(r['image_layers']) == 12
+        assert all(v['identical'] == 1.0 for v in r['text_layers'].values()) and r['max_text_diff'] < 1e-5
+        assert all(v['identical'] > 0.99 and 0 < v['firing_rate'] < 1 for v in r['image_layers'].values())
+        assert r['top1_agreement'] >= 5 / 6 and 0.0 <= r['top1'] <= 1.0
