@@ -32,7 +32,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--work', default=None, help='scratch folder (default: a temporary one, removed)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    os.environ.setdefault('TIMM_SPIKE_LIF_IMPL', 'auto')  # fused on the CPU, spikingjelly's kernels on CUDA
 
     monitor, wall0 = LoadMonitor(), time.time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -191,21 +191,12 @@ def count_operations(
     forward_fn = forward_fn or (lambda m, b: m(b))
     counter = SpikeOpCounter(model, measure_spikes=measure_spikes)
     n = 0
-    # torch.compile cannot run under a dispatch mode: neurons with a compiled implementation (timm_spike's
-    # fused LIF, same spikes) run spikingjelly's own loop while counting.
-    neurons = [m for m in model.modules() if isinstance(m, neuron.BaseNode) and getattr(m, 'impl', None)
-               not in (None, 'spikingjelly')]
-    impls = [m.impl for m in neurons]
-    try:
-        for m in neurons:
-            m.impl = 'spikingjelly'
-        with torch.no_grad(), DispatchCounterMode([counter]):
-            for batch in batches:
-                forward_fn(model, batch)
-                n += len(batch)
-    finally:
-        for m, impl in zip(neurons, impls):
-            m.impl = impl
+    # Neurons keep the implementation in force (timm_spike.layers.lif_impl): the fused LIF runs eagerly under a
+    # dispatch mode (torch.compile cannot run there) with the same spikes.
+    with torch.no_grad(), DispatchCounterMode([counter]):
+        for batch in batches:
+            forward_fn(model, batch)
+            n += len(batch)
     return dict(counter.layers), n
 
 
