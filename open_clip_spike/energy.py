@@ -7,10 +7,12 @@ trained with (readout 'mean'; 'weighted' is refused).
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import open_clip
+from open_clip import get_model_preprocess_cfg
 from open_clip.factory import parse_model_name
+from open_clip.transform import PreprocessCfg, image_transform_v2
 import torch
 import torch.nn as nn
 
@@ -20,13 +22,15 @@ from timm_spike.energy.data import image_dataset
 from timm_spike.energy.run import NO_CHECKPOINT_NOTE, check_safetensors_file, image_loader
 from timm_spike.utils import build_on_meta
 
+from .checkpoint import load_checkpoint_file
 from .data import BUNDLED_CLASSNAMES, build_dataset
 from .data.templates import TEMPLATES
 from .model import SpikeCLIP
+from .factory import register_model_configs
 from .zero_shot import check_inference_T, resolve_classnames_templates
 
 __all__ = ['SpikeCLIPEnergy', 'spikeclip_energy_report', 'spikeclip_model_energy', 'clip_teacher_energy',
-           'class_prompts', 'is_spikeclip']
+           'class_prompts', 'is_spikeclip', 'energy_for_publishing', 'PUBLISH_ENERGY_DATA']
 
 _logger = logging.getLogger(__name__)
 
@@ -201,3 +205,75 @@ def spikeclip_model_energy(
         model.eval(), loader, tokenizer(prompts), model_name=model_name, data_name=desc,
         prompts_name=f'class prompts ("{prompts[0]}", ...)', constants=constants, teacher=teacher_e,
         batch_size=batch_size, progress=progress, notes=notes)
+
+
+# Images the energy of a checkpoint published without a report of its own is measured on (bundled, offline).
+PUBLISH_ENERGY_DATA = 'skimage'
+
+
+def _load_for_publishing(model: Union[nn.Module, str, os.PathLike], model_name: str) -> nn.Module:
+    if isinstance(model, nn.Module):
+        return model
+    state_dict = load_checkpoint_file(model)
+    net = open_clip.create_model(model_name)
+    try:
+        net.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f'Checkpoint {model} does not fit {model_name}: {e}') from e
+    return net
+
+
+def energy_for_publishing(
+        model: Union[nn.Module, str, os.PathLike],
+        model_name: str,
+        *,
+        data: str = PUBLISH_ENERGY_DATA,
+        batch_size: int = 8,
+        progress: bool = False,
+) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Measure the energy of a SpikeCLIP that is being published without an energy report.
+
+    The image tower runs on a bundled image set (default: the scikit-image sample photos), the text tower on the
+    prompts of that set's class names. The report's ``data`` and ``notes`` say the figures come from these sample
+    images and not from the model's own data, so the model card says so too. The weights are used as they are
+    (no BatchNorm calibration: a published checkpoint is a trained one).
+
+    Args:
+        model: A SpikeCLIP, or a checkpoint file (``.safetensors`` or an open_clip_train ``.pt``) of ``model_name``.
+        model_name: Its open_clip config name (for the tokenizer and, with a checkpoint, the model).
+        data: A bundled image set, 'skimage' or 'digits'.
+        batch_size: Images / prompts per batch.
+        progress: Show progress bars.
+
+    Returns:
+        The model (built from the checkpoint when one was given; reuse it for publishing) and the report dict
+        (``SpikeCLIPEnergy.to_dict``: the image report with the text report under ``"text"``).
+
+    Raises:
+        ValueError: ``data`` is not a bundled set, the model is not a SpikeCLIP, or the checkpoint does not fit.
+    """
+    if data not in BUNDLED_CLASSNAMES:
+        raise ValueError(f'Energy for publishing is measured on a bundled image set ({sorted(BUNDLED_CLASSNAMES)}), '
+                         f'got {data!r}; measure on other data with spikeclip energy and pass --energy-report')
+    register_model_configs()
+    if not isinstance(model, nn.Module) and not is_spikeclip(model_name):
+        raise ValueError(f'{model_name!r} is not a registered SpikeCLIP config (known: '
+                         f'{", ".join(m for m in open_clip.list_models() if m.startswith("SpikeCLIP"))})')
+    net = _load_for_publishing(model, model_name)
+    if not isinstance(net, SpikeCLIP):
+        raise ValueError(f'{model_name!r} is not a SpikeCLIP model (no spiking towers): there is no energy to measure')
+    net.eval()
+    preprocess = image_transform_v2(PreprocessCfg(**get_model_preprocess_cfg(net)), is_train=False)
+    ds, desc = image_dataset(data, preprocess)
+    names, temps = resolve_classnames_templates(None, None, data, ds)
+    prompts = class_prompts(names, temps)
+    tokens = open_clip.get_tokenizer(model_name)(prompts)
+    note = (f'Measured by spikeclip push on {len(ds)} sample images bundled with timm_spike ({desc}) because '
+            f'no energy report was given; firing rates depend on the input, so measure on your own data with '
+            f'spikeclip energy --data DIR for figures that describe it.')
+    report = spikeclip_energy_report(
+        net, image_loader(ds, batch_size, None, data), tokens, model_name=model_name,
+        data_name=f'{desc}, sample images bundled with timm_spike (not this model\'s data)',
+        prompts_name=f'class prompts of the sample images ("{prompts[0]}", ...)', batch_size=batch_size,
+        progress=progress, notes=[note])
+    return net, report.to_dict()

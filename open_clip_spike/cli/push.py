@@ -1,4 +1,9 @@
-"""``spikeclip push``: publish a SpikeCLIP checkpoint on the Hugging Face Hub, or write the same folder locally."""
+"""``spikeclip push``: publish a SpikeCLIP checkpoint on the Hugging Face Hub, or write the same folder locally.
+
+Energy always travels with the checkpoint: without ``--energy-report`` the command measures it itself on the
+sample images bundled with timm_spike (``open_clip_spike.energy.energy_for_publishing``), and the report and the
+model card say which images those were.
+"""
 import argparse
 import json
 import logging
@@ -6,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
+from open_clip_spike.energy import PUBLISH_ENERGY_DATA, energy_for_publishing
 from open_clip_spike.hub import push_to_hub, write_hub_folder
 
 
@@ -43,7 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--repo-id', default=None, help='ORG/NAME on the Hub (needed to upload)')
     p.add_argument('--local-dir', default=None,
                    help='write the repository folder here and do not upload (loadable with local-dir:)')
-    p.add_argument('--energy-report', default=None, help='energy report JSON from timm_spike.energy')
+    p.add_argument('--energy-report', default=None,
+                   help='energy report JSON (spikeclip energy --output); default: measured here on the sample '
+                        f'images bundled with timm_spike ({PUBLISH_ENERGY_DATA}), which the card then names')
     p.add_argument('--zeroshot-results', nargs='+', default=None, metavar='FILE',
                    help='`spikeclip zeroshot --output` JSON files (or one {dataset: {metric: value}} JSON) '
                         'for the card')
@@ -62,19 +70,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error('give --repo-id ORG/NAME to upload, or --local-dir DIR to write the folder only')
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
+        if args.local_dir is not None and Path(args.local_dir).exists() and not args.overwrite:
+            raise FileExistsError(f'{args.local_dir} exists; choose a new folder or pass --overwrite')
+        model, energy = args.checkpoint, args.energy_report
+        if energy is None:
+            model, energy = energy_for_publishing(args.checkpoint, args.model)
+            print(f"no --energy-report: measured {energy['energy_mj_per_image']:.4g} mJ per image on {energy['data']}")
         common = dict(
-            energy_report=args.energy_report,
+            energy_report=energy,
             zeroshot_results=_read_zeroshot(args.zeroshot_results),
             training=_read_json(args.training_recipe, 'Training recipe'),
             license=args.license, verify=not args.no_verify)
         if args.local_dir is not None:
-            folder = write_hub_folder(args.local_dir, args.checkpoint, args.model, repo_id=args.repo_id,
+            folder = write_hub_folder(args.local_dir, model, args.model, repo_id=args.repo_id,
                                       overwrite=args.overwrite, **common)
             print(f'wrote {folder}: ' + ', '.join(sorted(f.name for f in folder.iterdir())))
             print(f"load it with open_clip.create_model_and_transforms('local-dir:{folder}') or "
                   f"timm.create_model('local-dir:{folder}', pretrained=True)")
             return 0
-        info = push_to_hub(args.checkpoint, args.repo_id, args.model, private=args.private, revision=args.revision,
+        info = push_to_hub(model, args.repo_id, args.model, private=args.private, revision=args.revision,
                            commit_message=args.commit_message, token=args.token, **common)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'spikeclip push: error: {e}', file=sys.stderr)
