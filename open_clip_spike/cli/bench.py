@@ -7,7 +7,8 @@ import sys
 from typing import List, Optional
 
 from timm_spike.utils import atomic_write
-from open_clip_spike.experiments.bench import BF16, BenchConfig, IMPLS, MODELS, probe_memory, run_bench, to_markdown
+from open_clip_spike.experiments.bench import (
+    BF16, BenchConfig, IMPLS, MODELS, probe_compile, probe_memory, run_bench, to_markdown)
 from open_clip_spike.experiments import bench as _experiment
 
 
@@ -26,7 +27,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--device', default='cpu')
     p.add_argument('--no-memory', action='store_true', help='skip the peak-memory subprocesses')
     p.add_argument('--keep-denormals', action='store_true', help='do not flush denormal floats to zero')
+    p.add_argument('--optimizer', choices=('adamw', 'sgd'), default=None, help='optimizer of the training step (lr 0)')
+    p.add_argument('--no-fair-baseline', action='store_true', help='skip the ANN at batch T x B')
+    p.add_argument('--no-flops', action='store_true', help='skip FLOP counting (and GFLOP/s against the GEMM peak)')
+    p.add_argument('--gemm-size', type=int, default=None, help='n of the fp32 n x n matmul of the peak (0: skip)')
+    p.add_argument('--no-profile', action='store_true', help='skip the per-kind profile of one step per model')
+    p.add_argument('--profile-T', type=int, default=None, help='T of the profiled SNN step (default 4)')
+    p.add_argument('--no-compile-cost', action='store_true', help='skip the cold/warm compile subprocesses')
     p.add_argument('--probe-memory', default=None, help=argparse.SUPPRESS)  # internal: one memory subprocess
+    p.add_argument('--probe-compile', default=None, help=argparse.SUPPRESS)  # internal: one compile subprocess
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
 
@@ -34,12 +43,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         results = [probe_memory(spec) for spec in json.loads(args.probe_memory)]
         atomic_write(args.out, json.dumps(results).encode())
         return 0
+    if args.probe_compile is not None:
+        atomic_write(args.out, json.dumps(probe_compile(json.loads(args.probe_compile))).encode())
+        return 0
 
     overrides = {k: v for k, v in dict(
         models=args.models, T_values=args.T_values, impls=args.impls, batch_size=args.batch_size,
-        repeats=args.repeats, threads=args.threads, device=args.device).items() if v is not None}
-    if args.no_memory:
-        overrides['memory'] = False
+        repeats=args.repeats, threads=args.threads, device=args.device, optimizer=args.optimizer,
+        gemm_size=args.gemm_size, profile_T=args.profile_T).items() if v is not None}
+    for flag, key in ((args.no_memory, 'memory'), (args.no_fair_baseline, 'fair_baseline'), (args.no_flops, 'flops'),
+                      (args.no_profile, 'profile'), (args.no_compile_cost, 'compile_cost')):
+        if flag:
+            overrides[key] = False
     if args.keep_denormals:
         overrides['flush_denormal'] = False
     if args.device.startswith('cuda') and 'impls' not in overrides:

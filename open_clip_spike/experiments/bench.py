@@ -3,8 +3,18 @@
 For each model (``spikingformer_clip``, the SpikeCLIP text tower, ``SpikeCLIP-Spikingformer-4-384``) and each
 T, it measures a training step (forward + backward + optimizer step), inference throughput and batch-1 latency,
 and the peak memory of a training step, for each neuron implementation (fused, spikingjelly) and for the ANN of
-equal shape (every spiking neuron replaced by an identity, eager, T=1). It reports the spiking overhead
-``SNN time / (T x ANN time)`` and the memory growth with T.
+equal shape (every spiking neuron replaced by an identity, eager, T=1). It reports two spiking overheads:
+``SNN time / (T x ANN time at batch B)`` and the fair one, ``SNN time / ANN time at batch T x B`` (the same
+number of activations and one optimizer step, where T steps at batch B count T optimizer steps and T passes of
+the first convolution that the SNN makes once), and the memory growth with T.
+
+Speed is also shown against the machine's limit measured in the same run: the FLOPs of a training step and of
+inference (``torch.utils.flop_counter.FlopCounterMode``, counted once per variant), the GFLOP/s achieved and its
+fraction of a dense fp32 GEMM (an n x n x n ``torch.mm`` on the same threads, median of a few, at the start and
+the end of the run). One step per model is profiled (``torch.profiler``) and its time and FLOPs split by kind of
+operation (convolution, matmul, batch norm, the fused neuron, the optimizer, the rest), which says what keeps a
+model below the GEMM rate. The one-time compile cost of the fused neuron is measured in fresh subprocesses with
+an empty inductor cache (cold) and again with the cache that run filled (warm).
 
 Timing is interleaved (A, B, C, A, B, C, ...) in one process on one model whose T and neurons are switched
 between calls, and summarised by medians, so a slow patch of the machine hits every variant alike. The run
@@ -33,17 +43,20 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from timm_spike.layers import StatelessLIFNode, get_lif_impl, lif_impl, set_lif_impl
-from timm_spike.layers.fused_lif import fused_compile_enabled
+from timm_spike.layers.fused_lif import FusedLIFParams, fused_compile_enabled, fused_params_from_node
 
 __all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'peak_train_memory', 'peak_train_memory_many',
+           'measure_gemm_peak', 'count_flops', 'profile_step', 'measure_compile_cost', 'probe_compile',
            'to_markdown']
 
 _logger = logging.getLogger(__name__)
 
 MODELS = ('spikingformer_clip', 'text', 'SpikeCLIP-Spikingformer-4-384')
 ANN = 'ann'  # the variant with every neuron replaced by an identity, run at T=1
+ANN_TB = 'ann-TxB'  # the same ANN at batch T x B: the fair baseline of the SNN at T (one optimizer step)
 BF16 = '+bf16'  # impl suffix: the variant runs under bf16 autocast (e.g. 'fused+bf16'); the ANN stays fp32
 IMPLS = ('fused', 'spikingjelly', 'auto')
 
@@ -81,8 +94,18 @@ class BenchConfig:
         quick: Tiny models, small batch, T in (1, 2): a smoke run of a few seconds per model.
         model_kwargs: Per-model keyword overrides for the builders.
         flush_denormal: Treat denormal floats as zero (``torch.set_flush_denormal``). Randomly initialised
-            spiking towers produce denormals on the CPU, which made a tiny SpikeCLIP's batch-1 inference
-            12x slower here (569 ms vs 46 ms); trained weights may too. Recorded in the report.
+            spiking towers can produce denormals on the CPU (a tiny SpikeCLIP's batch-1 inference ran 12x
+            slower with them); trained weights may too. Recorded in the report.
+        fair_baseline: Also time the ANN at batch T x B for every T > 1 (the fair overhead's denominator).
+        optimizer: 'adamw' or 'sgd' for the training step (lr 0: every variant keeps the same weights).
+        flops: Count the FLOPs of every variant and report GFLOP/s against the measured GEMM peak.
+        gemm_size: n of the n x n x n fp32 matmul that measures the machine's dense GEMM rate (0: skip).
+        gemm_repeats: Timed matmuls per GEMM measurement (the median is used).
+        profile: Profile one training step and one inference call per model (the ANN and the SNN at
+            ``profile_T``) and split their time and FLOPs by kind of operation.
+        profile_T: T of the profiled SNN (the largest measured T when not among them).
+        compile_cost: Measure the fused neuron's one-time compile cost in fresh subprocesses, cold (empty
+            inductor cache) and warm (the cache the cold run filled).
     """
     models: Sequence[str] = MODELS
     T_values: Sequence[int] = (1, 2, 4, 8)
@@ -97,10 +120,19 @@ class BenchConfig:
     quick: bool = False
     model_kwargs: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     flush_denormal: bool = True
+    fair_baseline: bool = True
+    optimizer: str = 'adamw'
+    flops: bool = True
+    gemm_size: int = 4096
+    gemm_repeats: int = 5
+    profile: bool = True
+    profile_T: int = 4
+    compile_cost: bool = True
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> 'BenchConfig':
-        cfg = dict(T_values=(1, 2), batch_size=4, repeats=3, warmup=1, checkpoint_T=2, quick=True)
+        cfg = dict(T_values=(1, 2), batch_size=4, repeats=3, warmup=1, checkpoint_T=2, quick=True,
+                   gemm_size=1024, gemm_repeats=3)
         cfg.update(overrides)
         return cls(**cfg)
 
@@ -201,6 +233,9 @@ class _Variants:
         self.current = None
 
     def set(self, T: int, impl: str):
+        """Switch to ``impl`` at T ('ann' or 'ann-TxB': identity neurons, always one time step)."""
+        if impl == ANN_TB:
+            T, impl = 1, ANN
         if self.current == (T, impl):
             return
         for m in self.t_owners:
@@ -321,61 +356,326 @@ def _timed_rounds(calls: Dict[str, Callable[[], None]], repeats: int, warmup: in
 
 
 def _variants(cfg: BenchConfig) -> List[Tuple[int, str]]:
-    return [(1, ANN)] + [(T, impl) for T in cfg.T_values for impl in cfg.impls]
+    """(T, impl) in the order they are timed: roughly ascending in work, the ANN at batch T x B before each T."""
+    out = [(1, ANN)]
+    for T in cfg.T_values:
+        if cfg.fair_baseline and T > 1:
+            out.append((T, ANN_TB))
+        out += [(T, impl) for impl in cfg.impls]
+    return out
 
 
-def bench_model(name: str, cfg: BenchConfig) -> List[Dict[str, Any]]:
-    """Time training and inference of every (T, impl) variant of one model, interleaved."""
+def _batch_of(T: int, impl: str, batch: int) -> int:
+    """Batch the variant runs at: T x batch for the fair ANN baseline, else batch."""
+    return T * batch if impl == ANN_TB else batch
+
+
+def _make_optimizer(name: str, params) -> torch.optim.Optimizer:
+    # lr=0: every variant runs the full optimizer step on the same, unchanging weights (torch has no lr=0
+    # shortcut: AdamW still updates its moments and the weights with a zero step)
+    if name == 'adamw':
+        return torch.optim.AdamW(params, lr=0.0)
+    if name == 'sgd':
+        return torch.optim.SGD(params, lr=0.0)
+    raise ValueError(f"Unknown optimizer {name!r}; choose 'adamw' or 'sgd'")
+
+
+def bench_model(name: str, cfg: BenchConfig) -> Dict[str, Any]:
+    """Time training and inference of every (T, impl) variant of one model, interleaved.
+
+    Returns:
+        dict(rows=one dict per variant, profile=the profile of one step per kind (or None),
+        lif_params=the fused-kernel constants of the model's neurons).
+    """
     device = cfg.device
     model, make_input, loss_fn = build_bench_model(
         name, max(cfg.T_values), 'spikingjelly', cfg.batch_size, cfg.quick, device, cfg.model_kwargs.get(name))
     variants = _Variants(model)
-    # lr=0: every variant runs the same full optimizer step on the same, unchanging weights.
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0)
-    batch, single = make_input(cfg.batch_size), make_input(1)
+    lif_params = sorted({p for _, m in variants.neurons if (p := fused_params_from_node(m)) is not None},
+                        key=repr)
+    opt = _make_optimizer(cfg.optimizer, model.parameters())
+    keys = _variants(cfg)
+    inputs: Dict[int, Any] = {}
+
+    def inputs_of(b: int):
+        if b not in inputs:
+            inputs[b] = make_input(b)
+        return inputs[b]
 
     def train_call(T, impl):
         base, cast = _split_impl(impl)
+        x = inputs_of(_batch_of(T, impl, cfg.batch_size))
 
         def call():
             variants.set(T, base)
             model.train()
             opt.zero_grad(set_to_none=True)
             with cast(device):
-                loss = loss_fn(model(*batch))
+                loss = loss_fn(model(*x))
             loss.backward()
             opt.step()
         return call
 
-    def infer_call(T, impl, inputs):
+    def infer_call(T, impl, batch):
         base, cast = _split_impl(impl)
+        x = inputs_of(_batch_of(T, impl, batch))
 
         def call():
             variants.set(T, base)
             model.eval()
             with torch.no_grad(), cast(device):
-                model(*inputs)
+                model(*x)
         return call
 
-    keys = _variants(cfg)
     train = _timed_rounds({k: train_call(*k) for k in keys}, cfg.repeats, cfg.warmup, device)
-    infer = _timed_rounds({k: infer_call(*k, batch) for k in keys}, cfg.repeats, cfg.warmup, device)
-    lat = _timed_rounds({k: infer_call(*k, single) for k in keys}, cfg.repeats, cfg.warmup, device)
+    infer = _timed_rounds({k: infer_call(*k, cfg.batch_size) for k in keys}, cfg.repeats, cfg.warmup, device)
+    lat = _timed_rounds({k: infer_call(*k, 1) for k in keys}, cfg.repeats, cfg.warmup, device)
+
+    flops = {}
+    if cfg.flops:  # once per variant, after the timing (the counter runs every op eagerly)
+        for k in keys:
+            flops[k] = dict(train=count_flops(train_call(*k))[0], infer=count_flops(infer_call(*k, cfg.batch_size))[0])
+
+    profile = None
+    if cfg.profile:
+        pT = cfg.profile_T if cfg.profile_T in cfg.T_values else max(cfg.T_values)
+        pk = [(1, ANN), (pT, cfg.impls[0])]
+        profile = {f'{impl}@T={T}': dict(T=T, impl=impl,
+                                         train=profile_step(train_call(T, impl), cfg.device),
+                                         infer=profile_step(infer_call(T, impl, cfg.batch_size), cfg.device))
+                   for T, impl in pk}
+
     ann_train, ann_infer, ann_lat = train[(1, ANN)]['median_s'], infer[(1, ANN)]['median_s'], lat[(1, ANN)]['median_s']
     rows = []
     for T, impl in keys:
         k = (T, impl)
         t, i, l = train[k]['median_s'], infer[k]['median_s'], lat[k]['median_s']
-        rows.append(dict(
-            model=name, T=T, impl=impl, batch_size=cfg.batch_size,
-            train_s=t, train_img_s=cfg.batch_size / t, train_overhead=t / (T * ann_train),
-            infer_s=i, infer_img_s=cfg.batch_size / i, infer_overhead=i / (T * ann_infer),
-            latency_b1_ms=l * 1e3, latency_overhead=l / (T * ann_lat),
+        fb = _batch_of(T, impl, cfg.batch_size)
+        row = dict(
+            model=name, T=T, impl=impl, batch_size=fb,
+            train_s=t, train_img_s=fb / t, infer_s=i, infer_img_s=fb / i, latency_b1_ms=l * 1e3,
             first_train_call_s=train[k]['first_s'], first_infer_call_s=infer[k]['first_s'],
-        ))
-    del model, opt, variants
+            first_latency_call_s=lat[k]['first_s'],
+            train_times_s=train[k]['times'], infer_times_s=infer[k]['times'], latency_times_s=lat[k]['times'],
+        )
+        if impl != ANN_TB:
+            row.update(train_overhead=t / (T * ann_train), infer_overhead=i / (T * ann_infer),
+                       latency_overhead=l / (T * ann_lat))
+            fair = (1, ANN) if T == 1 else (T, ANN_TB)
+            if fair in train:
+                row.update(train_overhead_fair=t / train[fair]['median_s'],
+                           infer_overhead_fair=i / infer[fair]['median_s'],
+                           latency_overhead_fair=l / lat[fair]['median_s'])
+        if k in flops:
+            row.update(train_gflop=flops[k]['train'] / 1e9, infer_gflop=flops[k]['infer'] / 1e9,
+                       train_gflops=flops[k]['train'] / t / 1e9, infer_gflops=flops[k]['infer'] / i / 1e9)
+        rows.append(row)
+    del model, opt, variants, inputs
     gc.collect()
-    return rows
+    return dict(rows=rows, profile=profile, lif_params=lif_params)
+
+
+# ----------------------------------------------------------------------------------- the machine's limit
+
+
+def measure_gemm_peak(device: str = 'cpu', n: int = 4096, repeats: int = 5) -> Dict[str, Any]:
+    """The machine's dense GEMM rate: GFLOP/s of an fp32 ``n x n x n`` matmul on the current torch threads.
+
+    Args:
+        device: Where to run it.
+        n: Matrix size (4096: about 137 GFLOP per call, large enough for the BLAS to reach its peak).
+        repeats: Timed calls after one untimed call; the median is the peak.
+
+    Returns:
+        dict(n, threads, gflops=[per call], median_gflops).
+    """
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    c = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=c)
+    _sync(device)
+    rates = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        _sync(device)
+        rates.append(2 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return dict(n=n, threads=torch.get_num_threads(), gflops=rates, median_gflops=statistics.median(rates))
+
+
+def count_flops(fn: Callable[[], Any]) -> Tuple[int, Dict[str, int]]:
+    """FLOPs of one call of ``fn`` by torch's ``FlopCounterMode`` (matmuls and convolutions, forward and backward).
+
+    Returns:
+        (total FLOPs, FLOPs per aten op).
+    """
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    per_op = {str(k).replace('aten.', ''): int(v) for k, v in counter.get_flop_counts().get('Global', {}).items()}
+    return int(counter.get_total_flops()), per_op
+
+
+# Kinds of operation a step's time and FLOPs are split into (profile_step). Checked in order, by aten/profiler name.
+_GEMM_KINDS = ('convolution', 'matmul')
+_KIND_RULES = (
+    ('fused LIF (compiled)', ('CompiledFxGraph', 'CompiledFunction', 'Torch-Compiled Region', '_FusedLIF',
+                              'TorchDynamo', 'Pregraph bytecode')),
+    ('convolution', ('conv',)),
+    ('matmul', ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::matmul', 'aten::linear',
+                'scaled_dot_product', 'aten::einsum')),
+    ('batch norm', ('batch_norm',)),
+    ('layer norm', ('layer_norm',)),
+)
+
+
+def _op_kind(name: str) -> str:
+    for kind, keys in _KIND_RULES:
+        if any(k in name for k in keys):
+            return kind
+    return 'other (elementwise, copies, reductions)'
+
+
+def _flop_kind(op: str) -> str:
+    if 'conv' in op:
+        return 'convolution'
+    if op in ('mm', 'addmm', 'bmm', 'baddbmm') or 'scaled_dot_product' in op:
+        return 'matmul'
+    return 'other (elementwise, copies, reductions)'
+
+
+def profile_step(fn: Callable[[], Any], device: str = 'cpu', top: int = 8) -> Dict[str, Any]:
+    """Where one call's time goes: self time per kind of operation (``torch.profiler``) next to its FLOPs.
+
+    The call runs once untimed, once under ``FlopCounterMode`` and once under the profiler. Ops inside the
+    optimizer's step count as 'optimizer' whatever they are. Time shares are of the profiled ops' self time
+    (CPU time of the calling thread; on CUDA the kernels' device time where the profiler records it).
+
+    Returns:
+        dict(wall_s, kinds={kind: dict(time_share, flop_share, gflop)}, top_ops=[dict(name, kind, time_share,
+        calls)]).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    _sync(device)
+    total_flops, per_op = count_flops(fn)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith('cuda') else [])
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        wall = time.perf_counter() - t0
+    kinds: Dict[str, Dict[str, float]] = {}
+    ops: Dict[str, Dict[str, Any]] = {}
+    for e in prof.events():
+        us = e.self_device_time_total if device.startswith('cuda') and e.self_device_time_total else e.self_cpu_time_total
+        if not us:
+            continue
+        parent, kind = e.cpu_parent, None
+        while parent is not None and kind is None:
+            if parent.name.startswith('Optimizer.step'):
+                kind = 'optimizer'
+            parent = parent.cpu_parent
+        kind = kind or ('optimizer' if e.name.startswith('Optimizer.step') else _op_kind(e.name))
+        kinds.setdefault(kind, dict(us=0.0, flops=0))['us'] += us
+        op = ops.setdefault(e.name, dict(name=e.name, kind=kind, us=0.0, calls=0))
+        op['us'] += us
+        op['calls'] += 1
+    for op, f in per_op.items():
+        kinds.setdefault(_flop_kind(op), dict(us=0.0, flops=0))['flops'] += f
+    total_us = sum(k['us'] for k in kinds.values()) or 1.0
+    out_kinds = {
+        kind: dict(time_share=v['us'] / total_us, flop_share=v['flops'] / total_flops if total_flops else 0.0,
+                   gflop=v['flops'] / 1e9)
+        for kind, v in sorted(kinds.items(), key=lambda kv: -kv[1]['us'])}
+    top_ops = [dict(name=o['name'], kind=o['kind'], time_share=o['us'] / total_us, calls=o['calls'])
+               for o in sorted(ops.values(), key=lambda o: -o['us'])[:top]]
+    return dict(wall_s=wall, gflop=total_flops / 1e9, kinds=out_kinds, top_ops=top_ops)
+
+
+# ------------------------------------------------------------------------------------- compile cost
+
+
+def probe_compile(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """In a fresh process: the first-call cost of the fused LIF kernels per T, against the steady call.
+
+    ``spec``: dict(T_values, params=[FusedLIFParams as dicts], numel, repeats, threads). For each T and each set
+    of neuron constants, the first training call (forward + backward: compiles two kernels) and the first
+    inference call (one kernel) are timed against the median of ``repeats`` later calls.
+    """
+    from timm_spike.layers.fused_lif import lif_multi_step_fused
+    t_import = time.perf_counter()
+    if spec.get('threads'):
+        torch.set_num_threads(spec['threads'])
+    params = [FusedLIFParams(**p) for p in spec['params']] or [FusedLIFParams()]
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for T in spec['T_values']:
+        x = torch.randn(T, spec['numel'], generator=g) * 1.5 + 0.5
+        for p in params:
+            def train():
+                xi = x.clone().requires_grad_()
+                lif_multi_step_fused(xi, p).sum().backward()
+
+            def infer():
+                with torch.no_grad():
+                    lif_multi_step_fused(x, p)
+            firsts = {}
+            for key, fn in (('train', train), ('infer', infer)):
+                t0 = time.perf_counter()
+                fn()
+                firsts[key] = time.perf_counter() - t0
+            steady = {}
+            for key, fn in (('train', train), ('infer', infer)):
+                times = []
+                for _ in range(max(1, spec.get('repeats', 3))):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+                steady[key] = statistics.median(times)
+            rows.append(dict(T=T, params=asdict(p),
+                             train_first_s=firsts['train'], train_steady_s=steady['train'],
+                             infer_first_s=firsts['infer'], infer_steady_s=steady['infer'],
+                             compile_s=max(0.0, firsts['train'] - steady['train'])
+                             + max(0.0, firsts['infer'] - steady['infer'])))
+    return dict(rows=rows, total_s=time.perf_counter() - t_import, compiled=fused_compile_enabled(),
+                total_compile_s=sum(r['compile_s'] for r in rows))
+
+
+def measure_compile_cost(
+        T_values: Sequence[int],
+        params: Sequence[FusedLIFParams] = (),
+        numel: int = 1 << 16,
+        threads: Optional[int] = 2,
+        repeats: int = 3,
+        timeout: float = 1800,
+) -> Dict[str, Any]:
+    """One-time compile cost of the fused LIF: two fresh processes sharing a new, empty inductor cache.
+
+    The first finds the cache empty (cold: what a machine pays once), the second finds it filled by the first
+    (warm: what every new process pays for tracing and loading the compiled kernels).
+
+    Returns:
+        dict(cold=probe_compile's result, warm=probe_compile's result).
+    """
+    spec = dict(T_values=list(T_values), params=[asdict(p) for p in params], numel=numel, threads=threads,
+                repeats=repeats)
+    out = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+        env.pop('TORCHINDUCTOR_FORCE_DISABLE_CACHES', None)
+        for phase in ('cold', 'warm'):
+            result = os.path.join(cache, f'{phase}.json')
+            cmd = [sys.executable, '-m', 'open_clip_spike.cli.bench', '--probe-compile', json.dumps(spec),
+                   '--out', result]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0 or not os.path.exists(result):
+                raise RuntimeError(f'compile probe failed ({proc.returncode}): {proc.stderr[-2000:]}')
+            with open(result) as f:
+                out[phase] = json.load(f)
+            out[phase]['process_s'] = time.perf_counter() - t0
+    return out
 
 
 def bench_neuron(cfg: BenchConfig, T: int = 4, numel: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -529,7 +829,8 @@ def bench_memory(name: str, cfg: BenchConfig) -> List[Dict[str, Any]]:
     base = dict(model=name, batch_size=cfg.batch_size, quick=cfg.quick, threads=cfg.threads, device=cfg.device,
                 model_kwargs=cfg.model_kwargs.get(name), flush_denormal=cfg.flush_denormal)
     variants = _variants(cfg)
-    specs = [dict(base, T=T, impl=impl) for T, impl in variants]
+    specs = [dict(base, T=1, impl=ANN, batch_size=T * cfg.batch_size) if impl == ANN_TB else dict(base, T=T, impl=impl)
+             for T, impl in variants]
     ck_impls = list(cfg.impls) if cfg.checkpoint_T in cfg.T_values else []
     specs += [dict(base, T=cfg.checkpoint_T, impl=impl, grad_checkpointing=True) for impl in ck_impls]
     results = peak_train_memory_many(specs)
@@ -547,7 +848,7 @@ def bench_memory(name: str, cfg: BenchConfig) -> List[Dict[str, Any]]:
 
 
 def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
-    """Run the suite; return a JSON-able dict with the machine, load and one row per (model, T, impl)."""
+    """Run the suite; return a JSON-able dict with the machine, load, GEMM peak and one row per (model, T, impl)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
@@ -555,16 +856,21 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     if cfg.device.startswith('cuda') and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but CUDA is not available")
     monitor, wall0 = LoadMonitor(), time.time()
-    rows, skipped = [], {}
+    rows, skipped, profiles, lif_params = [], {}, {}, set()
     impl_before = get_lif_impl()  # the variants switch it; the caller's choice is restored at the end
+    gemm = dict(start=measure_gemm_peak(cfg.device, cfg.gemm_size, cfg.gemm_repeats)) if cfg.gemm_size else {}
     neuron_rows = bench_neuron(cfg)
     for name in cfg.models:
         try:
-            timing = bench_model(name, cfg)
+            result = bench_model(name, cfg)
         except ImportError as e:  # a tower whose code is not available: say so, measure the others
             skipped[name] = f'{type(e).__name__}: {e}'
             _logger.warning('skipping %s: %s', name, skipped[name])
             continue
+        timing = result['rows']
+        lif_params.update(result['lif_params'])
+        if result['profile']:
+            profiles[name] = result['profile']
         if cfg.memory:
             mem = {(r['T'], r['impl']): r for r in bench_memory(name, cfg)}
             ann_mem = mem[(1, ANN)]['peak_train_mb']
@@ -576,14 +882,27 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
         rows.extend(timing)
         _logger.info('%s done', name)
     set_lif_impl(impl_before)
+    if gemm:
+        gemm['end'] = measure_gemm_peak(cfg.device, cfg.gemm_size, cfg.gemm_repeats)
+        gemm['peak_gflops'] = statistics.median(gemm['start']['gflops'] + gemm['end']['gflops'])
+        for r in rows:
+            for kind in ('train', 'infer'):
+                if r.get(f'{kind}_gflops') is not None:
+                    r[f'{kind}_peak_fraction'] = r[f'{kind}_gflops'] / gemm['peak_gflops']
     wall = time.time() - wall0
     load = monitor.result()
+    compile_cost = None
+    if cfg.compile_cost and cfg.device == 'cpu' and any(_split_impl(i)[0] in ('fused', 'auto') for i in cfg.impls):
+        # after the timed part and outside the load window: two fresh processes, cold then warm inductor cache
+        compile_cost = measure_compile_cost(cfg.T_values[-1:] if cfg.quick else cfg.T_values,
+                                            sorted(lif_params, key=repr), numel=1 << (12 if cfg.quick else 16),
+                                            threads=cfg.threads)
     machine = machine_info(threads, cfg.device)
     machine['flush_denormal'] = cfg.flush_denormal and flush_before
     if cfg.flush_denormal:
         torch.set_flush_denormal(False)
-    return dict(config=_jsonable(asdict(cfg)), machine=machine, load=load, wall_s=wall, rows=rows,
-                neuron=neuron_rows, skipped=skipped)
+    return dict(config=_jsonable(asdict(cfg)), machine=machine, load=load, wall_s=wall, gemm=gemm, rows=rows,
+                neuron=neuron_rows, profile=profiles, compile=compile_cost, skipped=skipped)
 
 
 def _jsonable(d):
@@ -594,17 +913,52 @@ def fmt_value(v, spec='.2f'):
     return '-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+PEAK_TARGET = 0.8  # the share of the measured GEMM rate every model should reach (issue 17)
+
+
+def _variant_label(impl: str, batch: int) -> str:
+    if impl == ANN:
+        return 'ANN (identity neurons)'
+    if impl == ANN_TB:
+        return f'ANN at batch T x B = {batch}'
+    base = _split_impl(impl)[0]
+    return f"SNN, {base} LIF{', bf16 autocast' if base != impl else ''}"
+
+
+def _why_below_peak(profile: Dict[str, Any], peak: Optional[float]) -> str:
+    """One sentence from a step's profile: the kinds of op that take time without FLOPs, and the GEMMs' own rate."""
+    kinds = profile['kinds']
+    idle = sorted(((k, v['time_share']) for k, v in kinds.items() if k not in _GEMM_KINDS and v['time_share'] >= 0.02),
+                  key=lambda kv: -kv[1])
+    parts = [f"{k} {100 * share:.0f}% of the time with no counted FLOPs" for k, share in idle]
+    for k in _GEMM_KINDS:
+        v = kinds.get(k)
+        if v and v['time_share'] > 0 and peak:
+            rate = v['gflop'] / (v['time_share'] * profile['wall_s'])
+            parts.append(f"{k} {100 * v['time_share']:.0f}% of the time at {rate:.0f} GFLOP/s "
+                         f"({rate / peak:.2f} of peak)")
+    return '; '.join(parts)
+
+
 def to_markdown(result: Dict[str, Any]) -> str:
-    """The report as Markdown: machine and load, then one table per model."""
+    """The report as Markdown: machine, load and GEMM peak, then per model a speed table, a compute table and
+    the profile of one step, then the compile cost of the fused neuron."""
     m, load, cfg = result['machine'], result['load'], result['config']
+    gemm = result.get('gemm') or {}
+    peak = gemm.get('peak_gflops')
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), device {m.get('gpu', m['device'])}; torch {m['torch']}, "
         f"{m['torch_threads']} threads, spikingjelly {m['spikingjelly']}; fused LIF compiled: {m['fused_compiled']}; "
         f"denormals flushed to zero: {m.get('flush_denormal')}.",
-        f"Batch {cfg['batch_size']}, median of {cfg['repeats']} interleaved calls; "
-        f"load average before {fmt_load(load.get('loadavg_before'))}, after {fmt_load(load.get('loadavg_after'))}; "
+        f"Batch {cfg['batch_size']}, {cfg.get('optimizer', 'adamw')} (lr 0), median of {cfg['repeats']} interleaved "
+        f"calls; load average before {fmt_load(load.get('loadavg_before'))}, after {fmt_load(load.get('loadavg_after'))}; "
         f"other processes used {fmt_value(100 * load['other_processes_cpu_share'] if load.get('other_processes_cpu_share') is not None else None, '.0f')}% of the CPUs.",
     ]
+    if peak:
+        lines.append(
+            f"Dense GEMM peak (fp32 {gemm['start']['n']}x{gemm['start']['n']} matmul, {gemm['start']['threads']} "
+            f"threads, median): **{peak:.0f} GFLOP/s** (start of the run {gemm['start']['median_gflops']:.0f}, end "
+            f"{gemm['end']['median_gflops']:.0f}).")
     if load.get('under_load'):
         lines.append('')
         lines.append('**WARNING: measured under load (other processes were using the CPUs); SNN timings are '
@@ -621,28 +975,72 @@ def to_markdown(result: Dict[str, Any]) -> str:
     for name in dict.fromkeys(r['model'] for r in result['rows']):
         rows = [r for r in result['rows'] if r['model'] == name]
         lines += ['', f'### {name}', '',
-                  '| variant | T | train img/s | train overhead | infer img/s | infer overhead | latency b1 (ms) '
-                  '| peak train MB | memory vs ANN | ckpt MB (cut) |',
-                  '|---|---|---|---|---|---|---|---|---|---|']
+                  '| variant | T | train img/s | train overhead | fair | infer img/s | infer overhead | fair '
+                  '| latency b1 (ms) | peak train MB | memory vs ANN | ckpt MB (cut) |',
+                  '|---|---|---|---|---|---|---|---|---|---|---|---|']
         for r in rows:
-            base = _split_impl(r['impl'])[0]
-            variant = 'ANN (identity neurons)' if r['impl'] == ANN else \
-                f"SNN, {base} LIF{', bf16 autocast' if base != r['impl'] else ''}"
             ck = (f"{fmt_value(r['peak_train_ckpt_mb'], '.0f')} ({100 * r['ckpt_memory_cut']:.0f}%)"
                   if r.get('ckpt_memory_cut') is not None else '-')
             lines.append(
-                f"| {variant} | {r['T']} | {fmt_value(r['train_img_s'], '.1f')} | {fmt_value(r['train_overhead'])} "
-                f"| {fmt_value(r['infer_img_s'], '.1f')} | {fmt_value(r['infer_overhead'])} | {fmt_value(r['latency_b1_ms'], '.1f')} "
+                f"| {_variant_label(r['impl'], r['batch_size'])} | {r['T']} | {fmt_value(r['train_img_s'], '.1f')} "
+                f"| {fmt_value(r.get('train_overhead'))} | {fmt_value(r.get('train_overhead_fair'))} "
+                f"| {fmt_value(r['infer_img_s'], '.1f')} | {fmt_value(r.get('infer_overhead'))} "
+                f"| {fmt_value(r.get('infer_overhead_fair'))} | {fmt_value(r['latency_b1_ms'], '.1f')} "
                 f"| {fmt_value(r.get('peak_train_mb'), '.0f')} | {fmt_value(r.get('memory_vs_ann'))} | {ck} |")
+        if any('train_gflop' in r for r in rows):
+            lines += ['', '| variant | T | train GFLOP/step | train GFLOP/s | of peak | infer GFLOP/batch '
+                          '| infer GFLOP/s | of peak |', '|---|---|---|---|---|---|---|---|']
+            for r in rows:
+                lines.append(
+                    f"| {_variant_label(r['impl'], r['batch_size'])} | {r['T']} | {fmt_value(r.get('train_gflop'), '.1f')} "
+                    f"| {fmt_value(r.get('train_gflops'), '.1f')} | {fmt_value(r.get('train_peak_fraction'))} "
+                    f"| {fmt_value(r.get('infer_gflop'), '.1f')} | {fmt_value(r.get('infer_gflops'), '.1f')} "
+                    f"| {fmt_value(r.get('infer_peak_fraction'))} |")
+            below = [r for r in rows if any((r.get(f'{k}_peak_fraction') or 1) < PEAK_TARGET for k in ('train', 'infer'))]
+            if below and peak:
+                lines.append('')
+                lines.append(f'Below {PEAK_TARGET} of the GEMM peak: ' + ', '.join(
+                    f"{_variant_label(r['impl'], r['batch_size'])} T={r['T']}" for r in below) + '.')
+        prof = (result.get('profile') or {}).get(name)
+        if prof:
+            for label, p in prof.items():
+                for kind in ('train', 'infer'):
+                    pk = p[kind]
+                    lines += ['', f"Profile of one {'training step' if kind == 'train' else 'inference call'}, "
+                                  f"{_variant_label(p['impl'], cfg['batch_size'])}, T={p['T']} "
+                                  f"({pk['gflop']:.1f} GFLOP in {pk['wall_s']:.2f} s under the profiler): "
+                                  + (_why_below_peak(pk, peak) or '-') + '.', '',
+                              '| kind of op | time share | FLOP share |', '|---|---|---|']
+                    lines += [f"| {k} | {100 * v['time_share']:.1f}% | {100 * v['flop_share']:.1f}% |"
+                              for k, v in pk['kinds'].items()]
+                    lines.append('')
+                    lines.append('Top ops by self time: ' + ', '.join(
+                        f"`{o['name'][:48]}` {100 * o['time_share']:.0f}% ({o['calls']} calls)" for o in pk['top_ops']) + '.')
         fused_first = [max(0.0, r['first_train_call_s'] - r['train_s']) for r in rows
                        if _split_impl(r['impl'])[0] in ('fused', 'auto')]
         if fused_first:
             lines.append('')
-            lines.append(f'First-call extra time of the fused variants (compilation, paid once per process and '
-                         f'shape; cached on disk): up to {max(fused_first):.1f} s.')
+            lines.append(f'First-call extra time of the fused variants in this run (compilation with the inductor '
+                         f'cache as this machine has it, plus first-touch costs): up to {max(fused_first):.1f} s.')
+    comp = result.get('compile')
+    if comp:
+        lines += ['', '### one-time compile cost of the fused LIF', '',
+                  'Fresh processes with a new inductor cache: cold = empty cache, warm = the cache the cold run '
+                  'filled. Per T and neuron constants: first call minus the steady call (training: forward and '
+                  'backward kernels; inference: the forward-only kernel).', '',
+                  '| T | threshold | cold s | warm s |', '|---|---|---|---|']
+        for c, w in zip(comp['cold']['rows'], comp['warm']['rows']):
+            lines.append(f"| {c['T']} | {c['params']['v_threshold']:g} | {c['compile_s']:.1f} | {w['compile_s']:.1f} |")
+        lines.append(f"| all | | **{comp['cold']['total_compile_s']:.1f}** | **{comp['warm']['total_compile_s']:.1f}** |")
+        lines.append('')
+        lines.append(f"Whole probe process (imports, compiles, calls): cold {comp['cold']['process_s']:.1f} s, warm "
+                     f"{comp['warm']['process_s']:.1f} s; compiled: {comp['cold']['compiled']}.")
     for name, why in result.get('skipped', {}).items():
         lines += ['', f'### {name}', '', f'skipped: {why}']
-    lines += ['', 'overhead = SNN time / (T x ANN time at T=1); memory = peak extra memory of a training step.']
+    lines += ['', 'overhead = SNN time / (T x ANN time at batch B); fair = SNN time / ANN time at batch T x B (the '
+                  'same activations, one optimizer step); memory = peak extra memory of a training step; of peak = '
+                  'GFLOP/s achieved / the dense GEMM peak above (FLOPs by torch FlopCounterMode: matmuls and '
+                  'convolutions, forward and backward).']
     return '\n'.join(lines) + '\n'
 
 

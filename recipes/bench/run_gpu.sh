@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-.venv/bin/python}
 nvidia-smi --query-gpu=name,memory.total --format=csv || true
-"$PY" -m open_clip_spike.bench --device cuda --out bench-results/gpu --batch-size 32 --threads 16 "$@"
-"$PY" -m open_clip_spike.bench_cache --device cuda --precision amp --out bench-results/gpu-cache --threads 16
+"$PY" -m open_clip_spike.cli.bench --device cuda --out bench-results/gpu --batch-size 32 --threads 16 "$@"
+"$PY" -m open_clip_spike.cli.bench_cache --device cuda --precision amp --out bench-results/gpu-cache --threads 16
