@@ -135,7 +135,7 @@ def test_timm_api_shapes(family):
         model(torch.randn(1, 3, 24, 24))
     with pytest.raises(ValueError, match='does not match the model input 3x32x32'):
         model(torch.randn(1, 1, 32, 32))
-    with pytest.raises(ValueError, match=r'Expected \[B, C, H, W\] or \[T, B, C, H, W\]'):
+    with pytest.raises(ValueError, match=r'expected \[B, C, H, W\] images or a \[T, B, C, H, W\] sequence'):
         model(torch.randn(3, 32, 32))
     assert model.no_weight_decay() == {'readout.logits'}
     assert tiny(family, drop_rate=0.25).head_drop.p == 0.25
@@ -211,13 +211,15 @@ def test_other_T_and_weighted_readout(family):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert mean1(x).shape == (2, 5) and mean1.forward_features_seq(x).shape[0] == 1
-        assert mean2(x.unsqueeze(0).repeat(3, 1, 1, 1, 1)).shape == (2, 5)  # a sequence of another T
+        assert mean2(x.unsqueeze(0).repeat(2, 1, 1, 1, 1)).shape == (2, 5)  # an encoded sequence of T steps
+    with pytest.raises(ValueError, match='runs T=2 time steps, but the input has 3'):  # never silently 3 steps
+        mean2(x.unsqueeze(0).repeat(3, 1, 1, 1, 1))
     weighted = tiny(family, T=2, readout='weighted')
     assert weighted.readout.logits.shape == (2,)
     with pytest.raises(RuntimeError, match='readout.logits'):
         tiny(family, T=1, readout='weighted').load_state_dict(weighted.state_dict())
     with pytest.raises(ValueError, match="readout='weighted' was built for T=2"):
-        weighted(x.unsqueeze(0).repeat(3, 1, 1, 1, 1))
+        weighted.readout(torch.randn(3, 2, weighted.num_features))
 
 
 @pytest.mark.parametrize('family', FAMILY_IDS)

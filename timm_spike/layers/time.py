@@ -1,13 +1,14 @@
 """Helpers for the time dimension: inputs are encoded to [T, B, ...] sequences."""
 import torch
 
+from .guards import check_max_time_steps
+
 __all__ = ['check_time_steps', 'encode_direct']
 
 
 def check_time_steps(T) -> int:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f'T (number of time steps) must be an integer >= 1, got {T!r}')
-    return T
+    """``T`` if it is an integer in [1, guards.MAX_TIME_STEPS]; a ``ValueError`` before anything is allocated."""
+    return check_max_time_steps(T)
 
 
 def encode_direct(x: torch.Tensor, T: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
 from ..layers import LIFConfig, StatelessLIFNode, TemporalReadout, checkpoint_module, linear_like
+from ..layers.guards import check_image
 from ..layers.time import check_time_steps, encode_direct
 from .spikingformer import resolve_global_pool
 
@@ -126,8 +127,14 @@ def run_once_on_direct_input(conv: nn.Module) -> nn.Module:
 
 
 @register_notrace_function  # FX: branches on the input's rank and size
-def zoo_input_sequence(x: torch.Tensor, T: int, in_chans: int, img_size: Tuple[int, int]) -> torch.Tensor:
-    """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] sequences -> checked sequence."""
+def zoo_input_sequence(x: torch.Tensor, T: int, in_chans: int, img_size: Tuple[int, int],
+                       dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] sequences -> checked sequence.
+
+    Non-float and non-finite images and a sequence of another length than T are refused, other float dtypes
+    converted to ``dtype`` (``timm_spike.layers.guards.check_image``).
+    """
+    x = check_image(x, T=T, dtype=dtype)
     if x.ndim == 4:
         x = encode_direct(x, T)
     elif x.ndim != 5:
@@ -224,9 +231,13 @@ class ZooSpikingNet(nn.Module):
         self.num_classes = num_classes
         setattr(self, self.head_name, linear_like(self, self.num_features, num_classes))
 
+    def _input_dtype(self) -> torch.dtype:
+        # the dtype images are converted to (the model's floating dtype)
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
     def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> [T, B, D, H', W']."""
-        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size)
+        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size, self._input_dtype())
         for level in self._levels():
             x = self._run_level(level, x)
         return x
@@ -288,7 +299,7 @@ class ZooSpikingNet(nn.Module):
         if stop_early:
             levels = levels[:max_index + 1]
         intermediates = []
-        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size)
+        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size, self._input_dtype())
         for i, level in enumerate(levels):
             x = self._run_level(level, x)
             if i in take_indices:

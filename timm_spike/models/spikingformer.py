@@ -35,6 +35,7 @@ from timm.models._features import feature_take_indices
 from timm_spike.layers import (
     LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct,
     linear_like)
+from timm_spike.layers.guards import check_image
 
 __all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
 
@@ -67,8 +68,15 @@ def image_to_sequence(
         img_size: Tuple[int, int],
         stride: int,
         dynamic_img_size: bool,
+        T: Optional[int] = None,
+        dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
-    """Check the input of a Spikingformer; return [T', B, C, H, W], T' = 1 for a (direct-encoded) image batch."""
+    """Check the input of a Spikingformer; return [T', B, C, H, W], T' = 1 for a (direct-encoded) image batch.
+
+    Non-float and non-finite images and a sequence of another length than T are refused, other float dtypes
+    converted to the model's (``timm_spike.layers.guards.check_image``).
+    """
+    x = check_image(x, T=T, dtype=dtype)
     if x.ndim == 4:
         x = x.unsqueeze(0)
     elif x.ndim != 5:
@@ -378,7 +386,8 @@ class Spikingformer(nn.Module):
         self.head = linear_like(self, self.embed_dim, num_classes)
 
     def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size)
+        x = image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size, self.T,
+                              self.patch_embed.stages[0].conv.weight.dtype)
         # The tokenizer's full-resolution maps hold about as much as all blocks together (at T=8, 32x32), so
         # grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
