@@ -5,6 +5,7 @@ The module prefix of DistributedDataParallel runs is removed with timm's ``clean
 read with PyTorch's restricted ``weights_only`` loader (tensors and plain containers only).
 """
 import os
+import re
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -14,7 +15,8 @@ from timm.models import clean_state_dict
 
 from timm_spike.utils import atomic_path
 
-__all__ = ['CheckpointError', 'export_checkpoint', 'load_checkpoint_file', 'state_dict_for_safetensors']
+__all__ = ['CheckpointError', 'check_checkpoint_file', 'export_checkpoint', 'load_checkpoint_file',
+           'state_dict_for_safetensors']
 
 
 class CheckpointError(ValueError):
@@ -29,6 +31,56 @@ def _state_dict_of(ckpt, path) -> Dict[str, torch.Tensor]:
     return clean_state_dict(ckpt)  # strips DistributedDataParallel's 'module.' prefix
 
 
+def _first_line(e: BaseException) -> str:
+    """The first sentence of an error message (torch's run on for paragraphs)."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return re.split(r'\.\s', line, maxsplit=1)[0].rstrip('.')[:200]
+
+
+def _read_error(path: Path, e: BaseException) -> CheckpointError:
+    """One line naming the file, what is wrong with it and what to do."""
+    text = str(e)
+    if 'Unsupported global' in text or 'WeightsUnpickler' in text or 'weights_only' in text.lower():
+        found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+        what = f' (e.g. {found.group(1)})' if found else ''
+        return CheckpointError(
+            f'Could not read checkpoint {path}: it holds pickled Python objects besides tensors{what}, which could run '
+            f'code when loaded, so it is refused; export its weights as safetensors where it was made, or load it yourself with '
+            f'torch.load(weights_only=False) if you trust it')
+    return CheckpointError(f'Could not read checkpoint {path}: {_first_line(e)}; it may be truncated (an interrupted '
+                           f'write, copy or download): copy or export it again')
+
+
+def check_checkpoint_file(path: Union[str, Path, None]) -> None:
+    """Raise a one-line ``FileNotFoundError`` / `CheckpointError` for a local checkpoint file that cannot be read.
+
+    Called by the commands before they build a model. Values that are no file path (``None``, open_clip tags such
+    as ``openai``) pass: open_clip resolves those.
+    """
+    if path is None:
+        return
+    p = Path(path)
+    looks_like_file = os.sep in str(path) or p.suffix in ('.pt', '.pth', '.bin', '.safetensors', '.ckpt')
+    if not looks_like_file:
+        return
+    if not p.is_file():
+        raise FileNotFoundError(f'Checkpoint not found: {p}')
+    if p.suffix == '.safetensors':
+        from safetensors import safe_open
+        try:
+            with safe_open(str(p), framework='pt') as f:
+                for k in f.keys():
+                    f.get_slice(k)
+        except Exception as e:
+            raise _read_error(p, e) from e
+        return
+    try:
+        ckpt = torch.load(str(p), map_location='cpu', weights_only=True, mmap=True)
+    except Exception as e:
+        raise _read_error(p, e) from e
+    _state_dict_of(ckpt, p)
+
+
 def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """State dict of a local checkpoint: safetensors, or an open_clip_train ``.pt`` (``weights_only``)."""
     path = Path(path)
@@ -39,11 +91,11 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except Exception as e:  # truncated or not a safetensors file
-            raise CheckpointError(f'Could not read checkpoint {path} as safetensors: {e}') from e
+            raise _read_error(path, e) from e
     try:
         ckpt = torch.load(str(path), map_location='cpu', weights_only=True)
     except Exception as e:
-        raise CheckpointError(f'Could not read checkpoint {path} with torch.load(weights_only=True): {e}') from e
+        raise _read_error(path, e) from e
     return _state_dict_of(ckpt, path)
 
 

@@ -12,7 +12,7 @@ therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextC
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import open_clip
 import open_clip.factory as _oc_factory
@@ -20,7 +20,8 @@ from open_clip.model import CustomTextCLIP
 
 from .model import SpikeCLIP
 
-__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'register_model_configs', 'list_spikeclip_models']
+__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config_env', 'register_model_configs',
+           'list_spikeclip_models']
 
 _logger = logging.getLogger(__name__)
 
@@ -58,21 +59,44 @@ def _patch_open_clip_factory() -> None:
 CONFIG_PATH_ENV = 'SPIKECLIP_MODEL_CONFIGS'  # extra config folders/files, os.pathsep-separated
 
 
-def register_model_configs() -> None:
+_registered_once = False
+
+
+def register_model_configs(strict: Optional[bool] = None) -> None:
     """Add open_clip_spike's model configs to open_clip's registry (idempotent) and install the factory patch.
 
     Folders or JSON files named in ``$SPIKECLIP_MODEL_CONFIGS`` (separated by ``os.pathsep``) are registered
     too, so configs written at run time (``spikeclip ablate``) reach every subprocess that imports the package.
+    A name that does not exist raises ``FileNotFoundError`` when ``strict``; otherwise it is skipped with a warning.
+    ``strict=None`` is lenient on the first call of the process (the one ``import open_clip_spike`` makes, so that
+    importing never fails on a bad environment; the commands then refuse it in one line through
+    `check_model_config_env`) and strict afterwards.
     """
+    global _registered_once
+    if strict is None:
+        strict = _registered_once
+    _registered_once = True
     _patch_open_clip_factory()
     if MODEL_CONFIG_DIR not in _oc_factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     for extra in filter(None, os.environ.get(CONFIG_PATH_ENV, '').split(os.pathsep)):
         path = Path(extra)
         if not path.exists():
-            raise FileNotFoundError(f'${CONFIG_PATH_ENV} names {extra!r}, which does not exist')
+            if strict:
+                check_model_config_env()
+            _logger.debug('$%s names %r, which does not exist: skipped', CONFIG_PATH_ENV, extra)
+            continue
         if path not in _oc_factory._MODEL_CONFIG_PATHS:
             open_clip.add_model_config(path)
+
+
+def check_model_config_env() -> None:
+    """Raise a one-line ``FileNotFoundError`` when ``$SPIKECLIP_MODEL_CONFIGS`` names a path that does not exist."""
+    missing = [p for p in filter(None, os.environ.get(CONFIG_PATH_ENV, '').split(os.pathsep)) if not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f'${CONFIG_PATH_ENV} names {", ".join(map(repr, missing))}, which does not exist: set it to folders or '
+            f'JSON files of open_clip model configs (separated by {os.pathsep!r}), or unset it')
 
 
 def list_spikeclip_models() -> List[str]:

@@ -36,6 +36,8 @@ from open_clip import build_zero_shot_classifier
 from timm_spike.layers.guards import check_max_time_steps
 from timm_spike.utils import atomic_write
 
+from .checkpoint import check_checkpoint_file
+
 from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 from .factory import register_model_configs
 from .model import SpikeCLIP
@@ -281,6 +283,10 @@ def zeroshot(
     register_model_configs()
     autocast(device, precision)  # an unknown precision fails before any work
     kwargs = check_inference_T(model_name, T)
+    check_checkpoint_file(pretrained)  # a missing, truncated or pickled file: one line, before any model is built
+    for name, value, low in (('batch_size', batch_size, 1), ('workers', workers, 0), ('limit', limit, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, **kwargs)
     tokenizer = open_clip.get_tokenizer(model_name)

@@ -4,6 +4,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.ablate import GRIDS, IMAGE_TOWERS, TEXT_TOWERS, ablation_grid, run_ablation
 from open_clip_spike.experiments import ablate as _experiment
 
@@ -29,13 +30,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     try:
+        check_model_config_env()
         pairs = ablation_grid(args.grid, args.image_towers, args.text_towers)
         run_ablation(args.out, pairs, Ts=args.T, eval_images=args.eval_images,
                      teacher_pretrained=args.teacher_pretrained, progress=not args.no_progress, data=args.data,
                      train_images=args.train_images, align_epochs=args.align_epochs, dual_epochs=args.dual_epochs,
                      teacher_epochs=args.teacher_epochs, batch_size=args.batch_size,
                      energy_images=args.energy_images)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f'spikeclip ablate: error: {e}', file=sys.stderr)
         return 2
     return 0

@@ -14,7 +14,9 @@ from typing import List, Optional
 
 import open_clip
 
+from open_clip_spike.checkpoint import check_checkpoint_file
 from open_clip_spike.energy import is_spikeclip, spikeclip_model_energy
+from open_clip_spike.factory import check_model_config_env
 from timm_spike.energy import EnergyConstants, plot_energy
 from timm_spike.energy.run import CALIBRATE_MODES, require_matplotlib, timm_model_energy, write_report
 
@@ -70,6 +72,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                   max_samples=args.max_samples, teacher=args.teacher, constants=constants_from_args(args),
                   calibrate=args.calibrate_bn, progress=not args.no_progress)
     try:
+        check_model_config_env()
+        if args.checkpoint and args.checkpoint.endswith('.safetensors'):  # other suffixes: the measurement says why
+            check_checkpoint_file(args.checkpoint)  # missing or truncated: one line, before any model is built
+        for name, value in (('--batch-size', args.batch_size), ('--max-samples', args.max_samples)):
+            if value is not None and value < 1:
+                raise ValueError(f'{name} must be >= 1, got {value}')
         require_matplotlib()
         if is_spikeclip(args.model):
             result = spikeclip_model_energy(args.model, split=args.split, classnames=args.classnames,
@@ -86,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = timm_model_energy(args.model, **common)
             paths = write_report(report, args.out)
             table = report.table()
-    except (ValueError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:
         print(f'{PROG}: error: {e}', file=sys.stderr)
         return 2
     print(table)

@@ -4,6 +4,7 @@ import json
 import sys
 from typing import List, Optional
 
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.info import model_info
 from open_clip_spike.experiments import info as _experiment
 
@@ -18,8 +19,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = p.parse_args(argv)
     kwargs = {} if args.T is None else {'T': args.T}
     try:
+        check_model_config_env()
+        if args.batch_size < 1:
+            raise ValueError(f'--batch-size must be >= 1, got {args.batch_size}')
         info = model_info(args.model, batch_size=args.batch_size, **kwargs)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         print(f'spikeclip info: error: {e}', file=sys.stderr)
         return 2
     if args.json:

@@ -5,6 +5,7 @@ import logging
 import sys
 from typing import Any, List, Optional
 
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.paper import DEFAULT_DISTRACTORS, PaperError, finetune_teacher, imagenet_captions_csv, prepare_stage2, relabel_eval, results_table, select_best_epoch, write_text
 
 
@@ -68,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
+        check_model_config_env()
         if args.step == 'imagenet-csv':
             result: Any = imagenet_captions_csv(args.train_dir, args.output, args.classnames, args.templates,
                                                 args.seed)
@@ -96,7 +98,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 write_text(args.output, text)
             print(text, end='')
             return 0
-    except (PaperError, ValueError, FileNotFoundError) as e:
+    except (PaperError, ValueError, OSError) as e:
         print(f'spikeclip paper {args.step}: error: {e}', file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

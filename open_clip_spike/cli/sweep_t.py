@@ -10,6 +10,8 @@ from timm_spike.energy import EnergyConstants
 from open_clip_spike.experiments.sweep import sweep_markdown, sweep_t, write_sweep
 from open_clip_spike.experiments import sweep as _experiment
 from open_clip.factory import parse_model_name
+from open_clip_spike.checkpoint import check_checkpoint_file
+from open_clip_spike.factory import check_model_config_env
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
     prog = 'spikeclip sweep-t'
     try:
+        check_model_config_env()
         import importlib.util
         if importlib.util.find_spec('matplotlib') is None:  # fail before measuring, not after
             raise ImportError("The sweep plot needs matplotlib: pip install 'spikeclip[plot]'")
@@ -46,9 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise ValueError('--pretrained is required (a trained checkpoint): random weights have no accuracy '
                              'to trade against energy')
         checkpoints = args.pretrained or [None]
-        for ckpt in checkpoints:
-            if ckpt is not None and not os.path.isfile(ckpt):
-                raise FileNotFoundError(f'Checkpoint not found: {ckpt}')
+        for ckpt in checkpoints:  # every file, before the first model is built
+            check_checkpoint_file(ckpt)
         labels = args.labels or ([os.path.splitext(os.path.basename(c))[0] for c in checkpoints]
                                  if len(checkpoints) > 1 else [''])
         if len(labels) != len(checkpoints) or len(set(labels)) != len(labels):
@@ -63,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         meta = dict(model=args.model, pretrained=args.pretrained, dataset=args.dataset, split=args.split,
                     energy='image tower, per image (timm_spike.energy)', constants=asdict(EnergyConstants()))
         paths = write_sweep(points, args.out, meta, title=f'{args.model}: accuracy and energy over T')
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, OSError, ImportError) as e:
         print(f'{prog}: error: {e}', file=sys.stderr)
         return 2
     print(sweep_markdown(points, f'{args.model}: accuracy and energy over T'))

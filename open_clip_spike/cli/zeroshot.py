@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.zero_shot import PRECISIONS, zeroshot
 
 
@@ -46,12 +47,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
+        check_model_config_env()
         result = zeroshot(
             args.model, args.pretrained, args.dataset, classnames=args.classnames, templates=args.templates,
             split=args.split, batch_size=args.batch_size, workers=args.workers, device=args.device,
             data_root=args.data_root, download=args.download, limit=args.limit, output=args.output,
             progress=not args.no_progress, T=args.T, precision=args.precision)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f'spikeclip zeroshot: error: {e}', file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2))

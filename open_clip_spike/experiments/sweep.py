@@ -37,6 +37,7 @@ from timm_spike.energy import EnergyConstants, energy_report
 from timm_spike.energy.plot import save_figure
 from timm_spike.utils import atomic_write
 
+from ..checkpoint import check_checkpoint_file
 from ..data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 from ..factory import register_model_configs
 from ..zero_shot import build_classifier, check_inference_T, evaluate
@@ -139,6 +140,9 @@ def sweep_t(
     kwargs_per_T = {T: check_inference_T(model_name, T) for T in Ts}  # refuse a bad T before any work
     if limit is not None and limit < 1:
         raise ValueError(f'limit must be >= 1, got {limit}')
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    check_checkpoint_file(pretrained)  # a missing, truncated or pickled file: one line, before any model is built
 
     points = []
     loader = classnames_ = templates_ = tokenizer = None

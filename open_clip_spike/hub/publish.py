@@ -10,8 +10,8 @@ One repository serves both model zoos:
 - ``README.md``: a model card (library tags, how to load it, energy table, training recipe, zero-shot results).
 
 Both safetensors files carry metadata: model name, timm architecture, time steps T and, with a report, the
-energy per image. The folder is written to a temporary directory and renamed into place, so a failed write
-leaves nothing half-written; it is then uploaded with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
+energy per image. The folder is written to a temporary directory and swapped into place (one complete version
+is always there; the temporary folders of a killed write are removed by the next one); it is then uploaded with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
 open_clip's own ``push_to_hf_hub`` is not used: it swaps in a tokenizer that needs the network.
 
 Downloading goes through ``hf_hub_download`` (so ``HF_HUB_OFFLINE=1`` loads from the cache) and refuses
@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from timm_spike.utils import fault_point, remove_stale_temps, temp_prefix
 
 from ..checkpoint import load_checkpoint_file, state_dict_for_safetensors
 from .card import model_card, zeroshot_rows
@@ -216,6 +218,57 @@ def _verify_folder(folder: Path, model: nn.Module, tower: nn.Module):
                                f'published config does not rebuild the model (was it created with overrides?)')
 
 
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system lacks it."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    AT_FDCWD, RENAME_EXCHANGE = -100, 2
+    rc = renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the file system cannot exchange
+            return False
+        raise OSError(err, os.strerror(err), str(b))
+    return True
+
+
+def _swap_into_place(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target`` so that one complete version is always there.
+
+    An existing ``target`` is exchanged with ``new`` in one step where the system can; elsewhere it is first
+    renamed to ``.NAME.old.tmp-PID-...`` and the next write restores it if this process dies between the two
+    renames (`_recover_interrupted_swap`).
+    """
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _rename_exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # now holds the old version
+        return
+    old = target.parent / (temp_prefix(f'{target.name}.old') + 'folder')
+    os.replace(target, old)
+    fault_point('hub.swap')
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_interrupted_swap(target: Path) -> None:
+    """Put back the previous version of ``target`` set aside by a process that died between two renames."""
+    if target.exists():
+        return
+    from timm_spike.utils import _pid_alive
+    for old in sorted(target.parent.glob(f'.{target.name}.old.tmp-*')):
+        pid = old.name[len(f'.{target.name}.old.tmp-'):].split('-')[0]
+        if old.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            os.replace(old, target)
+            _logger.warning('restored %s from %s (an interrupted republish)', target, old)
+            return
+
+
 def write_hub_folder(
         save_directory: Union[str, Path],
         model: Union[nn.Module, str, Path],
@@ -276,7 +329,9 @@ def write_hub_folder(
     from timm.models._hub import save_config_for_hf  # timm's config.json writer (not re-exported by timm.models)
 
     save_directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{save_directory.name}.', dir=save_directory.parent))
+    _recover_interrupted_swap(save_directory)
+    remove_stale_temps(str(save_directory.parent), force=True)  # folders of writes killed before the swap
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(save_directory.name), dir=save_directory.parent))
     try:
         preprocess_cfg = _json_safe(open_clip.get_model_preprocess_cfg(model))
         (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
@@ -302,14 +357,15 @@ def write_hub_folder(
         (tmp / MODEL_CARD).write_text(card, encoding='utf-8')
         if verify:
             _verify_folder(tmp, model, tower)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if save_directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f'.{save_directory.name}.old.', dir=save_directory.parent))
-            os.replace(save_directory, old / 'folder')
-            os.replace(tmp, save_directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, save_directory)
+        # mkdtemp makes the folder 0700 and some writers make their files 0600: give everything the
+        # permissions of a normally created file or folder
+        umask = os.umask(0)
+        os.umask(umask)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        fault_point('hub.write')
+        _swap_into_place(tmp, save_directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -58,6 +58,7 @@ from torch import nn
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
 from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
 from open_clip_spike.checkpoint import export_checkpoint
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
 from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
 
@@ -609,6 +610,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             pass
         return 0
     ns, rest = parser.parse_known_args(argv)
+    try:
+        check_model_config_env()
+    except FileNotFoundError as e:
+        print(f'spikeclip train: error: {e}', file=sys.stderr)
+        return 2
     cfg = SpikeTrainConfig(**{**vars(ns), 'model_configs': tuple(ns.model_configs)})
     logs = cfg.logs or os.environ.get(LOGS_ENV)
     if logs:

@@ -200,7 +200,7 @@ class ResumeState:
                 set_rng_state(self.rng)
             info = data['train']
             loader = info.dataloader
-            info.dataloader = _FaultyLoader(loader)
+            info.dataloader = _FaultyLoader(loader, getattr(args, 'name', None))
             try:
                 out = inner(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs)
             finally:
@@ -212,14 +212,18 @@ class ResumeState:
 
 
 class _FaultyLoader:
-    """A data loader that passes every batch through ``fault_point('train.batch')`` (a no-op outside tests)."""
+    """A data loader that passes every batch through ``fault_point('train.batch')`` and
+    ``fault_point('<run name>.batch')`` (no-ops outside tests)."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, name: Optional[str] = None):
         self._loader = loader
+        self._name = name
 
     def __iter__(self):
         for batch in self._loader:
             fault_point('train.batch')
+            if self._name:
+                fault_point(f'{self._name}.batch')
             yield batch
 
     def __len__(self):

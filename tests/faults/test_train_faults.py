@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_same_weights, killed, litter, load_weights, run_cmd, train_cmd
+from fault_helpers import assert_same_weights, killed, litter, load_weights, run_cmd, train_cmd
 
 EPOCHS = ('--epochs', '2')
 STEPS = 3  # 12 images, batch 4

@@ -300,7 +300,8 @@ def test_write_is_atomic(data, tmp_path, monkeypatch):
 
     def broken_verify(*args, **kwargs):
         raise RuntimeError('reload differs')
-    monkeypatch.setattr(hub, '_verify_folder', broken_verify)
+    from open_clip_spike.hub import publish
+    monkeypatch.setattr(publish, '_verify_folder', broken_verify)
     with pytest.raises(RuntimeError, match='reload differs'):
         hub.write_hub_folder(target, data['model'], TINY, overwrite=True)
     # nothing half-written: the old folder is untouched, no temporary folder is left behind
@@ -309,6 +310,57 @@ def test_write_is_atomic(data, tmp_path, monkeypatch):
     monkeypatch.undo()
     hub.write_hub_folder(target, data['model'], TINY, overwrite=True)
     assert not (target / 'keep.txt').exists() and (target / 'model.safetensors').is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['repo']
+
+
+def _dead_pid() -> int:
+    """The id of a process that has exited (what a killed writer leaves behind)."""
+    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+    proc.wait()
+    return proc.pid
+
+
+def test_republish_survives_kills_and_leaves_no_litter(data, tmp_path, monkeypatch):
+    from open_clip_spike.hub import publish
+    target = tmp_path / 'repo'
+    hub.write_hub_folder(target, data['model'], TINY, energy_report=_report(snn=0.01), verify=False)
+    # What kills leave: a temporary folder of a write killed before its swap, and the previous version set aside
+    # by a write killed between the two renames of the fallback swap (the target itself is missing).
+    dead = _dead_pid()
+    (tmp_path / f'.repo.tmp-{dead}-abc').mkdir()
+    (tmp_path / f'.repo.tmp-{dead}-abc' / 'open_clip_model.safetensors').write_bytes(b'half')
+    os.replace(target, tmp_path / f'.repo.old.tmp-{dead}-folder')
+    seen = {}
+
+    def at(point):  # the next write first restores the previous version, then swaps the new one in
+        if point == 'hub.write':
+            seen['energy'] = json.loads((target / 'energy.json').read_text())['energy_mj_per_image']
+    monkeypatch.setattr(publish, 'fault_point', at)
+    hub.write_hub_folder(target, data['model'], TINY, energy_report=_report(snn=0.02), overwrite=True, verify=False)
+    assert seen['energy'] == 0.01
+    assert json.loads((target / 'energy.json').read_text())['energy_mj_per_image'] == 0.02
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['repo']
+    # published files get the permissions of normally created ones (mkstemp/mkdtemp make 0600/0700)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {oct(0o666 & ~umask)}
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
+
+    # Ctrl-C at the last moment before the swap: the old version stays whole, nothing is left
+    def interrupt(point):
+        if point == 'hub.write':
+            raise KeyboardInterrupt
+    monkeypatch.setattr(publish, 'fault_point', interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        hub.write_hub_folder(target, data['model'], TINY, energy_report=_report(snn=0.03), overwrite=True,
+                             verify=False)
+    assert json.loads((target / 'energy.json').read_text())['energy_mj_per_image'] == 0.02
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['repo']
+    # where the file system cannot exchange two folders, two renames (recovered as above if killed between)
+    monkeypatch.setattr(publish, 'fault_point', lambda point: None)
+    monkeypatch.setattr(publish, '_rename_exchange', lambda a, b: False)
+    hub.write_hub_folder(target, data['model'], TINY, energy_report=_report(snn=0.04), overwrite=True, verify=False)
+    assert json.loads((target / 'energy.json').read_text())['energy_mj_per_image'] == 0.04
     assert sorted(p.name for p in tmp_path.iterdir()) == ['repo']
 
 
