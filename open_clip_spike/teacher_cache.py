@@ -245,13 +245,20 @@ class TeacherFeatureCache:
         return name
 
     def compact(self) -> int:
-        """Flush, then merge the shards this object wrote since the last call into one per kind (a killed merge
-        leaves duplicates, which are harmless: a key keeps its first features). Returns the shards removed."""
+        """Flush, then merge this rank's shards into one per kind, if this object wrote any since the last call (a
+        killed merge leaves duplicates, which are harmless: a key keeps its first features). Returns the shards
+        removed."""
         self.flush()
         removed = 0
         for kind in KINDS:
-            names = list(self._written[kind])
+            if not self._written[kind]:
+                continue
+            # every shard of this rank, also those of an earlier (killed) run
+            names = sorted(n for n in self._loaded | set(self._written[kind])
+                           if (m := _SHARD_RE.match(n)) and m.group(1) == kind and int(m.group(2)) == self.rank
+                           and os.path.exists(os.path.join(self.root, n)))
             if len(names) < 2:
+                self._written[kind] = []
                 continue
             parts = [load_file(os.path.join(self.root, n)) for n in names]
             keys = torch.cat([p['keys'] for p in parts])

@@ -94,3 +94,28 @@ def test_truncated_latest_checkpoint_is_set_aside(digits, reference, tmp_path, f
     (run / 'checkpoints' / 'epoch_2.pt.corrupt').unlink()
     _check_same(run, reference)
     fault_log.survived()
+
+
+def test_killed_while_teacher_cache_fills(digits, tmp_path, fault_log):
+    """SIGKILL right after a shard of the teacher-feature cache is written: the finished batches stay cached, the
+    rerun reads them and ends exactly where an uninterrupted cached run ends."""
+    from open_clip_spike.teacher_cache import TeacherFeatureCache
+    fault_log.tried('KILL at cache.shard@3', 'spikeclip train --spike-teacher-cache: batch 2 of the first epoch')
+    ref = train_cmd(digits, tmp_path / 'logs', 'ref', *EPOCHS, '--spike-teacher-cache', str(tmp_path / 'cache-ref'))
+    _ok(run_cmd(ref))
+    cmd = train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--spike-teacher-cache', str(tmp_path / 'cache'))
+    proc = run_cmd(cmd, fault='cache.shard@3:KILL')  # batch 1: image + text shards; batch 2: its image shard
+    assert killed(proc), proc.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / 'cache').glob('*.safetensors'))
+    assert shards == ['image-r0-00000.safetensors', 'image-r0-00001.safetensors', 'text-r0-00000.safetensors']
+    fp = json.loads((tmp_path / 'cache' / 'meta.json').read_text())['fingerprint']
+    assert TeacherFeatureCache(str(tmp_path / 'cache'), fp).count('image') == 8  # two finished batches of 4
+    _ok(run_cmd(cmd))
+    run, reference = tmp_path / 'logs' / 'run', tmp_path / 'logs' / 'ref'
+    assert_same_weights(load_weights(run / 'checkpoints' / 'epoch_2.pt'),
+                        load_weights(reference / 'checkpoints' / 'epoch_2.pt'))
+    first = json.loads((run / 'spike_epochs.jsonl').read_text().splitlines()[0])['teacher_cache']
+    assert first['hits']['image'] == 8 and first['misses']['image'] == 4  # the rerun used the kept batches
+    assert litter(tmp_path) == []
+    assert len(list((tmp_path / 'cache').glob('image-*'))) == 1  # the epoch's shards merged
+    fault_log.survived()
