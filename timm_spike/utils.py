@@ -110,8 +110,8 @@ _SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT}
 
 
 def _parse_fault(spec: str) -> Tuple[str, int, str]:
-    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>KILL|INT|KILLGROUP|INTGROUP))?', spec)
-    if m is None:
+    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>[A-Z]+))?', spec)
+    if m is None or (m['how'] and m['how'] not in ('KILL', 'INT', 'KILLGROUP', 'INTGROUP')):
         raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP]')
     return m['point'], int(m['n'] or 1), m['how'] or 'KILL'
 
