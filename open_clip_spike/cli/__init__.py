@@ -21,6 +21,7 @@ COMMANDS = {
     'ablate': ('open_clip_spike.cli.ablate', "the paper's tower comparisons on the demo data: image tower x text tower x T, one table"),
     'bench': ('open_clip_spike.cli.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
     'bench-cache': ('open_clip_spike.cli.bench_cache', 'epoch time of distillation with the teacher-feature cache vs without'),
+    'clip-benchmark': ('open_clip_spike.cli.clip_benchmark', "clip_benchmark's CLI with the SpikeCLIP configs registered (eval in fp32; export-wds writes local datasets such as Fashion-MNIST)"),
     'export-nir': ('open_clip_spike.cli.export_nir', 'export a spiking tower to NIR (the neuromorphic exchange format) for other simulators and chips'),
 }
 
