@@ -5,6 +5,7 @@ import os
 import sys
 from typing import List, Optional
 
+from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.demo import DEBIAN_FASHION_MNIST, DemoConfig, DemoError, run_demo
 from open_clip_spike.experiments import demo as _experiment
 
@@ -38,10 +39,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         p.error('--teacher other than the demo teacher needs --teacher-pretrained (e.g. --teacher ViT-B-16 '
                 '--teacher-pretrained openai)')
     try:
+        check_model_config_env()
         summary = run_demo(cfg)
-    except (FileNotFoundError, DemoError, ValueError) as e:
+    except (OSError, DemoError, ValueError) as e:
         print(f'spikeclip demo: error: {e}', file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f'spikeclip demo: interrupted; rerun the same command to continue ({cfg.out} keeps every finished '
+              f'stage and epoch)', file=sys.stderr)
+        return 130
     print(f"\nwrote {os.path.join(cfg.out, 'summary.json')} and {os.path.join(cfg.out, 'summary.png')}")
     return 0
 

@@ -1,12 +1,13 @@
 """``spikeclip demo``: the whole SpikeCLIP method, end to end, on Fashion-MNIST with no network.
 
 Stages (each skipped when its output exists, so an interrupted run picks up where it stopped; a training stage
-that was cut short resumes from its last finished epoch through open_clip_train's ``--resume latest``):
+that was cut short resumes exactly from its last finished epoch: killed at any moment and rerun with the same
+command, the demo ends with the weights and results of an uninterrupted run):
 
 0. data: Fashion-MNIST (IDX files: Debian's ``dataset-fashion-mnist``, ``--data DIR``, or torchvision's download)
    written as PNGs + a tab-separated CSV whose captions are the class names in CLIP-style templates;
-1. teacher: a small ANN CLIP (``SpikeCLIP-DemoTeacher``) trained by the unmodified open_clip training loop
-   (with ``--teacher ViT-B-16 --teacher-pretrained openai`` the paper's teacher is loaded instead);
+1. teacher: a small ANN CLIP (``SpikeCLIP-DemoTeacher``) trained by open_clip's own training loop and loss
+   (``open_clip_spike.train.upstream``: only its checkpoints are extended, for exact resumption; with ``--teacher ViT-B-16 --teacher-pretrained openai`` the paper's teacher is loaded instead);
 2. align: stage 1 of the paper, ``SpikeCLIP-Tiny`` distilled to the teacher (`AlignmentLoss`);
 3. dual: stage 2, dual-loss fine-tuning with the text tower frozen (`DualLoss`);
 4. zero-shot top-1 / top-5 of teacher and student on the test images;
@@ -152,8 +153,9 @@ def write_captioned_csv(idx_dir: str, split: str, out_dir: str, limit: Optional[
     for i in tqdm(order, desc=f'data: {split} images -> PNG', unit='img', mininterval=1.0):
         image, label = ds[int(i)]
         path = os.path.join(img_dir, f'{int(i):05d}.png')
-        if not os.path.exists(path):
-            (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(path)
+        if not os.path.exists(path):  # written whole or not at all, so an existing PNG is complete
+            with atomic_path(path) as tmp:
+                (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).save(tmp, 'PNG')
         caption = templates[rng.integers(len(templates))].format(classnames[int(label)])
         rows.append(f'{os.path.abspath(path)}\t{caption}')
     atomic_write(csv_path, ('\n'.join(rows) + '\n').encode())
@@ -163,8 +165,6 @@ def write_captioned_csv(idx_dir: str, split: str, out_dir: str, limit: Optional[
 # ---------------------------------------------------------------------------------------------------------------
 # Training stages (subprocesses, so each runs open_clip_train in a fresh interpreter)
 
-# open_clip_train's training loop, unmodified; the import only registers this project's model configs.
-_OPEN_CLIP_TRAIN = 'import sys, open_clip_spike; from open_clip_train.main import main; sys.exit(main(sys.argv[1:]))'
 _PROGRESS = re.compile(r'Train Epoch: (\d+) \[\s*(\d+)/(\d+)')
 _LOSS = re.compile(r'Loss: ([0-9.]+)')
 
@@ -176,18 +176,28 @@ def _run_logged(cmd: List[str], log_path: str, desc: str, epochs: int, progress:
                                           bar_format='{l_bar}{bar}| {n:.2f}/{total} epochs [{elapsed}{postfix}]') as bar:
         log.write('$ ' + ' '.join(cmd) + '\n')
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        for line in proc.stdout:
-            log.write(line)
-            log.flush()  # the log is the place to watch a long stage
-            m = _PROGRESS.search(line)
-            if m:
-                epoch, done, total = int(m[1]), int(m[2]), max(int(m[3]), 1)
-                bar.n = min(epochs, epoch + done / total)
-                loss = _LOSS.search(line)
-                if loss:
-                    bar.set_postfix_str(f'loss {float(loss[1]):.4f}', refresh=False)
-                bar.refresh()
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()  # the log is the place to watch a long stage
+                m = _PROGRESS.search(line)
+                if m:
+                    epoch, done, total = int(m[1]), int(m[2]), max(int(m[3]), 1)
+                    bar.n = min(epochs, epoch + done / total)
+                    loss = _LOSS.search(line)
+                    if loss:
+                        bar.set_postfix_str(f'loss {float(loss[1]):.4f}', refresh=False)
+                    bar.refresh()
+            rc = proc.wait()
+        except BaseException:
+            # Ctrl-C reaches the whole process group: let the stage finish its own shutdown before leaving, so
+            # a rerun never races a stage that is still writing.
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            raise
     if rc != 0:
         raise DemoError(f'{desc} failed (exit code {rc}); see {log_path}')
 
@@ -212,8 +222,8 @@ def _train(cfg: DemoConfig, runs: str, name: str, module_args: List[str], model:
         '--precision', cfg.precision, '--seed', str(cfg.seed), '--save-frequency', '1',
         '--log-every-n-steps', '5', '--name', name, '--logs', runs, '--device', 'cpu',
     ]
-    if _latest_epoch_checkpoint(run_dir):  # an interrupted run: continue after its last finished epoch
-        args += ['--resume', 'latest']
+    # The command is the same on every rerun: an interrupted stage continues exactly from its last finished epoch
+    # (open_clip_spike.train.resume), one killed in its first epoch starts again.
     _run_logged(module_args + args + cfg.extra_train_args, os.path.join(cfg.out, f'{name}.log'), desc, epochs,
                 cfg.progress)
     last = _latest_epoch_checkpoint(run_dir)
@@ -234,9 +244,10 @@ class _Stages:
 
     Each stage records the settings its output depends on, and the finish time of the stages it reads. A rerun
     skips a stage only when its output exists and both still match, so changing e.g. ``--test-images`` reruns
-    the evaluations, and a retrained stage reruns everything after it. A training stage is resumable
-    (``--resume latest`` from its epoch checkpoints), so its checkpoints must come from the same settings: a
-    change there is refused with the differences listed rather than resumed into a mixed run.
+    the evaluations, and a retrained stage reruns everything after it. Settings are recorded when a stage finishes,
+    so a stage that failed binds nothing. A training stage is resumable (its epoch checkpoints), so they must come
+    from the same settings: a change is refused with the differences listed rather than resumed into a mixed run
+    (here for a finished stage; for an unfinished one by the command record of ``open_clip_spike.train.resume``).
     """
 
     def __init__(self, out: str):
@@ -276,12 +287,13 @@ class _Stages:
                 f'stage {name} in {self.out} was run with other settings ({diff}); its checkpoints cannot be '
                 f'resumed with these. Use a new --out, or delete {os.path.join(self.out, "runs", name)} and '
                 f'{output} to train it again')
-        self.records[name] = dict(key=key, seconds=None, finished=None)  # started: its settings are now bound
-        self._save()
+        # Recorded only when the stage finishes: a stage that failed (e.g. on a bad setting) binds nothing, so the
+        # corrected rerun is not refused. A training stage's unfinished checkpoints are guarded by its own command
+        # record (open_clip_spike.train.resume), which refuses other settings with the differences listed.
         t0 = time.time()
         print(f'[{name}] ...', flush=True)
         result = fn(*args, **kwargs)
-        self.records[name].update(seconds=time.time() - t0, finished=time.time())
+        self.records[name] = dict(key=key, seconds=time.time() - t0, finished=time.time())
         self._save()
         print(f'[{name}] done in {self.records[name]["seconds"]:.1f} s', flush=True)
         return result
@@ -391,12 +403,38 @@ def _plot_summary(summary: Dict[str, Any], energy: Dict[str, Any], path: str) ->
     save_figure(fig, path, dpi=110)
 
 
+def validate_config(cfg: DemoConfig) -> None:
+    """Numbers and paths of the settings, checked before any stage runs (a ``ValueError`` names the setting)."""
+    for name, low in (('teacher_epochs', 1), ('align_epochs', 1), ('dual_epochs', 1), ('batch_size', 1),
+                      ('energy_images', 1), ('workers', 0), ('train_images', 1), ('test_images', 1)):
+        value = getattr(cfg, name)
+        if value is None and name in ('train_images', 'test_images'):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f'--{name.replace("_", "-")} must be an integer >= {low}, got {value!r}')
+    for name in ('teacher_lr', 'teacher_wd', 'align_lr', 'dual_lr', 'kl_weight', 'rate_weight'):
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            raise ValueError(f'--{name.replace("_", "-")} must be a finite number >= 0, got {value!r}')
+    if not 0 <= cfg.rate_target <= 1:
+        raise ValueError(f'--rate-target is a firing rate in [0, 1], got {cfg.rate_target!r}')
+    if cfg.train_images is not None and cfg.train_images < cfg.batch_size:
+        raise ValueError(f'--train-images {cfg.train_images} is smaller than --batch-size {cfg.batch_size}: '
+                         f'no full training batch')
+    if cfg.teacher_pretrained and (os.sep in cfg.teacher_pretrained or cfg.teacher_pretrained.endswith(
+            ('.pt', '.pth', '.bin', '.safetensors'))) and not os.path.isfile(cfg.teacher_pretrained):
+        raise FileNotFoundError(f'--teacher-pretrained {cfg.teacher_pretrained}: no such file')
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise ValueError(f'--out {cfg.out} is a file; it must be a folder')
+
+
 def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     """Run every stage (skipping finished ones) and return the summary (also written to OUT/summary.json)."""
     from timm_spike.layers import LIF_IMPL_ENV, LIF_IMPLS, lif_impl
 
     if cfg.lif_impl not in LIF_IMPLS:
         raise ValueError(f'Unknown lif_impl {cfg.lif_impl!r}; choose one of {LIF_IMPLS}')
+    validate_config(cfg)
     previous = os.environ.get(LIF_IMPL_ENV)
     os.environ[LIF_IMPL_ENV] = cfg.lif_impl  # every training subprocess
     try:
@@ -434,7 +472,7 @@ def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     else:
         teacher_ckpt = stages.run(
             'teacher', os.path.join(out, 'teacher.safetensors'), _train, cfg, runs, 'teacher',
-            [py, '-c', _OPEN_CLIP_TRAIN], cfg.teacher, csv, cfg.teacher_epochs, cfg.teacher_lr, n_train,
+            [py, '-m', 'open_clip_spike.train.upstream'], cfg.teacher, csv, cfg.teacher_epochs, cfg.teacher_lr, n_train,
             'stage 0: teacher (open_clip loop)', wd=cfg.teacher_wd,
             settings=dict(common, teacher=cfg.teacher, epochs=cfg.teacher_epochs, lr=cfg.teacher_lr,
                           wd=cfg.teacher_wd), after=('data',), resumable=True)

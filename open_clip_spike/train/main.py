@@ -32,6 +32,11 @@ Energy-aware training (both stages): ``--spike-rate-weight W --spike-rate-target
 only rates above R count). Forward hooks on the student's neurons (`SpikeRateCollector`) put the differentiable
 per-layer rates into the output dict; open_clip_train logs ``rate_loss`` per step like the other terms.
 
+Interrupted runs: rerunning the same command continues from the last finished epoch and ends exactly where an
+uninterrupted run ends (checkpoints carry the random state; see ``open_clip_spike.train.resume``); a run folder
+without a checkpoint (killed or failed in its first epoch) never blocks the rerun; another command for an existing
+``--name`` is refused with the differences listed. Paths and numbers are checked before any model is built.
+
 Patches of open_clip_train 3.3.0 all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
 open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
 writes ``epoch_N.safetensors`` (the model weights only), which loads with

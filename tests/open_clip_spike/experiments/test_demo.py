@@ -73,7 +73,7 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     again = run_demo(cfg)
     log = capsys.readouterr().out
     assert '[dual] done in' in log and '[teacher] done already' in log and '[align] done already' in log
-    assert '--resume latest' in (out / 'dual.log').read_text()
+    assert 'resuming checkpoint' in (out / 'dual.log').read_text()  # the same command continued the stage
     assert again['student_top1'] == summary['student_top1']
 
     # Other evaluation settings rerun the evaluations (and what reads them), not the training stages.
@@ -89,9 +89,53 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert (out / 'align.safetensors').is_file()
 
 
+def test_interrupted_png_write_leaves_no_partial_image(tmp_path, monkeypatch):
+    """A kill while the data stage writes PNGs never leaves a truncated PNG that a rerun would reuse."""
+    from PIL import Image
+    real_save = Image.Image.save
+    calls = []
+
+    def dying_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 3:  # half an image on disk, then the process is interrupted
+            Path(fp).write_bytes(b'\x89PNG\r\n')
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, 'save', dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_captioned_csv(FIXTURE, 'train', str(tmp_path), limit=5, seed=1)
+    monkeypatch.undo()
+    pngs = sorted((tmp_path / 'train').iterdir())
+    assert len(pngs) == 2 and all(not p.name.startswith('.') for p in pngs)
+    write_captioned_csv(FIXTURE, 'train', str(tmp_path), limit=5, seed=1)
+    pngs = sorted((tmp_path / 'train').iterdir())
+    assert len(pngs) == 5
+    for p in pngs:
+        with Image.open(p) as im:
+            im.load()  # a truncated PNG would raise here
+
+
+def test_failed_stage_records_no_settings(tmp_path):
+    """A stage that fails binds nothing: the rerun with corrected settings is not refused (was: batch_size 0
+    recorded, the fixed rerun refused as 'other settings')."""
+    from open_clip_spike.experiments.demo import _Stages
+
+    def fail():
+        raise ZeroDivisionError('integer division by zero')
+    stages = _Stages(str(tmp_path))
+    with pytest.raises(ZeroDivisionError):
+        stages.run('align', str(tmp_path / 'align.safetensors'), fail, settings=dict(batch_size=0), resumable=True)
+    assert 'align' not in _Stages(str(tmp_path)).records
+    out = _Stages(str(tmp_path)).run('align', str(tmp_path / 'x'), lambda: 'done', settings=dict(batch_size=64),
+                                     resumable=True)
+    assert out == 'done' and _Stages(str(tmp_path)).records['align']['key'] == {'batch_size': 64}
+
+
 def test_cli_errors(tmp_path, capsys):
     assert main(['--data', str(tmp_path), '--out', str(tmp_path / 'o'), '--quick', '--no-progress']) == 2
     assert 'holds no Fashion-MNIST IDX files' in capsys.readouterr().err
+    assert main(['--quick', '--out', str(tmp_path / 'o'), '--data', FIXTURE, '--align-epochs', '0']) == 2
+    assert '--align-epochs must be an integer >= 1, got 0' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['--teacher', 'ViT-B-16', '--out', str(tmp_path / 'o')])
     assert 'needs --teacher-pretrained' in capsys.readouterr().err
