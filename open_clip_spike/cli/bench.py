@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from timm_spike.utils import atomic_write
 from open_clip_spike.experiments.bench import (
-    BF16, BenchConfig, IMPLS, MODELS, probe_compile, probe_memory, run_bench, to_markdown)
+    BF16, BenchConfig, IMPLS, MODELS, probe_compile, probe_memory, probe_timing, run_bench, to_markdown)
 from open_clip_spike.experiments import bench as _experiment
 
 
@@ -36,12 +36,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--no-compile-cost', action='store_true', help='skip the cold/warm compile subprocesses')
     p.add_argument('--probe-memory', default=None, help=argparse.SUPPRESS)  # internal: one memory subprocess
     p.add_argument('--probe-compile', default=None, help=argparse.SUPPRESS)  # internal: one compile subprocess
+    p.add_argument('--probe-timing', default=None, help=argparse.SUPPRESS)  # internal: the variants of one T
+    p.add_argument('--no-isolate-T', action='store_true',
+                   help='time every T in this one process (default: each T in its own fresh process)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
 
     if args.probe_memory is not None:
         results = [probe_memory(spec) for spec in json.loads(args.probe_memory)]
         atomic_write(args.out, json.dumps(results).encode())
+        return 0
+    if args.probe_timing is not None:
+        atomic_write(args.out, json.dumps(probe_timing(json.loads(args.probe_timing))).encode())
         return 0
     if args.probe_compile is not None:
         atomic_write(args.out, json.dumps(probe_compile(json.loads(args.probe_compile))).encode())
@@ -52,7 +58,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         repeats=args.repeats, threads=args.threads, device=args.device, optimizer=args.optimizer,
         gemm_size=args.gemm_size, profile_T=args.profile_T).items() if v is not None}
     for flag, key in ((args.no_memory, 'memory'), (args.no_fair_baseline, 'fair_baseline'), (args.no_flops, 'flops'),
-                      (args.no_profile, 'profile'), (args.no_compile_cost, 'compile_cost')):
+                      (args.no_profile, 'profile'), (args.no_compile_cost, 'compile_cost'),
+                      (args.no_isolate_T, 'isolate_T')):
         if flag:
             overrides[key] = False
     if args.keep_denormals:

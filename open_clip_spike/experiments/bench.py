@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from timm_spike.layers import StatelessLIFNode, get_lif_impl, lif_impl, set_lif_impl
 from timm_spike.layers.fused_lif import FusedLIFParams, fused_compile_enabled, fused_params_from_node
 
-__all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'peak_train_memory', 'peak_train_memory_many',
+__all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'bench_model', 'bench_model_isolated', 'peak_train_memory', 'peak_train_memory_many',
            'measure_gemm_peak', 'count_flops', 'profile_step', 'measure_compile_cost', 'probe_compile',
            'to_markdown']
 
@@ -106,6 +106,11 @@ class BenchConfig:
         profile_T: T of the profiled SNN (the largest measured T when not among them).
         compile_cost: Measure the fused neuron's one-time compile cost in fresh subprocesses, cold (empty
             inductor cache) and warm (the cache the cold run filled).
+        isolate_T: Time each T in its own fresh process, next to the ANN at batch B and T x B timed in that same
+            process, as a training run at that T runs. In one process for all T, the memory a bigger variant left
+            behind let a smaller SNN step reuse its buffers without page faults: a T=4 step of spikingformer_clip
+            (batch 32) touched no fresh memory after a T=8 step, but 1.1-2.8 GB (1-2.4 s of kernel time) per step
+            in a process running T=4 alone, so the shared process gave lower overheads than an outside script.
     """
     models: Sequence[str] = MODELS
     T_values: Sequence[int] = (1, 2, 4, 8)
@@ -128,6 +133,7 @@ class BenchConfig:
     profile: bool = True
     profile_T: int = 4
     compile_cost: bool = True
+    isolate_T: bool = True
 
     @classmethod
     def quick_config(cls, **overrides: Any) -> 'BenchConfig':
@@ -324,6 +330,18 @@ def machine_info(threads: int, device: str) -> Dict[str, Any]:
     return info
 
 
+_PAGE_MB = (os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096) / 2 ** 20
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (fresh memory touched for the first time); 0 where unknown."""
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    except (ImportError, OSError):
+        return 0
+
+
 def _timed_rounds(calls: Dict[str, Callable[[], None]], repeats: int, warmup: int, device: str) -> Dict[str, Dict]:
     """Warm each call up, then time them interleaved; return first-call time and the median per key.
 
@@ -333,7 +351,7 @@ def _timed_rounds(calls: Dict[str, Callable[[], None]], repeats: int, warmup: in
     call of the first variant: no timed call follows a bigger variant, which would bias the ANN baseline up and
     every overhead down.
     """
-    out = {k: dict(first_s=None, times=[]) for k in calls}
+    out = {k: dict(first_s=None, times=[], faults_mb=[]) for k in calls}
     for k, fn in calls.items():
         for i in range(max(1, warmup)):
             t0 = time.perf_counter()
@@ -346,12 +364,15 @@ def _timed_rounds(calls: Dict[str, Callable[[], None]], repeats: int, warmup: in
         settle()
         _sync(device)
         for k, fn in calls.items():
+            f0 = _minor_faults()
             t0 = time.perf_counter()
             fn()
             _sync(device)
             out[k]['times'].append(time.perf_counter() - t0)
+            out[k]['faults_mb'].append((_minor_faults() - f0) * _PAGE_MB)
     for v in out.values():
         v['median_s'] = statistics.median(v['times'])
+        v['median_faults_mb'] = statistics.median(v['faults_mb'])
     return out
 
 
@@ -457,10 +478,12 @@ def bench_model(name: str, cfg: BenchConfig) -> Dict[str, Any]:
             first_train_call_s=train[k]['first_s'], first_infer_call_s=infer[k]['first_s'],
             first_latency_call_s=lat[k]['first_s'],
             train_times_s=train[k]['times'], infer_times_s=infer[k]['times'], latency_times_s=lat[k]['times'],
+            train_faults_mb=train[k]['median_faults_mb'], infer_faults_mb=infer[k]['median_faults_mb'],
         )
         if impl != ANN_TB:
             row.update(train_overhead=t / (T * ann_train), infer_overhead=i / (T * ann_infer),
-                       latency_overhead=l / (T * ann_lat))
+                       latency_overhead=l / (T * ann_lat),
+                       ann_train_s=ann_train, ann_infer_s=ann_infer, ann_latency_s=ann_lat)
             fair = (1, ANN) if T == 1 else (T, ANN_TB)
             if fair in train:
                 row.update(train_overhead_fair=t / train[fair]['median_s'],
@@ -473,6 +496,45 @@ def bench_model(name: str, cfg: BenchConfig) -> Dict[str, Any]:
     del model, opt, variants, inputs
     gc.collect()
     return dict(rows=rows, profile=profile, lif_params=lif_params)
+
+
+def probe_timing(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """``bench_model`` in this (fresh) process: ``spec`` = dict(model, cfg=BenchConfig as a dict)."""
+    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec['cfg'].items()})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.set_flush_denormal(cfg.flush_denormal)
+    result = bench_model(spec['model'], cfg)
+    result['lif_params'] = [asdict(p) for p in result['lif_params']]
+    return result
+
+
+def bench_model_isolated(name: str, cfg: BenchConfig, timeout: float = 7200) -> Dict[str, Any]:
+    """``bench_model`` with each T in its own fresh subprocess (see ``BenchConfig.isolate_T``), merged.
+
+    Each process times the ANN at batch B, the ANN at batch T x B and the SNN variants at that T, interleaved; the
+    overheads of its rows are against the ANN timed there. The ANN row at batch B of the first process is kept.
+    """
+    from dataclasses import replace
+    profile_T = cfg.profile_T if cfg.profile_T in cfg.T_values else max(cfg.T_values)
+    rows, profile, lif_params = [], None, set()
+    for T in cfg.T_values:
+        sub = replace(cfg, T_values=(T,), profile=cfg.profile and T == profile_T, profile_T=T)
+        spec = dict(model=name, cfg=_jsonable(asdict(sub)))
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, 'result.json')
+            cmd = [sys.executable, '-m', 'open_clip_spike.cli.bench', '--probe-timing', json.dumps(spec), '--out', out]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            if proc.returncode != 0 or not os.path.exists(out):
+                if 'ImportError' in proc.stderr or 'ModuleNotFoundError' in proc.stderr:
+                    raise ImportError(proc.stderr.strip().splitlines()[-1])
+                raise RuntimeError(f'timing subprocess failed ({proc.returncode}): {proc.stderr[-2000:]}')
+            with open(out) as f:
+                result = json.load(f)
+        rows += [r for r in result['rows'] if not (r['impl'] == ANN and rows)]
+        profile = result['profile'] or profile
+        lif_params.update(FusedLIFParams(**p) for p in result['lif_params'])
+    return dict(rows=rows, profile=profile, lif_params=sorted(lif_params, key=repr))
 
 
 # ----------------------------------------------------------------------------------- the machine's limit
@@ -862,7 +924,8 @@ def run_bench(cfg: BenchConfig) -> Dict[str, Any]:
     neuron_rows = bench_neuron(cfg)
     for name in cfg.models:
         try:
-            result = bench_model(name, cfg)
+            isolate = cfg.isolate_T and len(cfg.T_values) > 1
+            result = bench_model_isolated(name, cfg) if isolate else bench_model(name, cfg)
         except ImportError as e:  # a tower whose code is not available: say so, measure the others
             skipped[name] = f'{type(e).__name__}: {e}'
             _logger.warning('skipping %s: %s', name, skipped[name])
@@ -989,13 +1052,14 @@ def to_markdown(result: Dict[str, Any]) -> str:
                 f"| {fmt_value(r.get('peak_train_mb'), '.0f')} | {fmt_value(r.get('memory_vs_ann'))} | {ck} |")
         if any('train_gflop' in r for r in rows):
             lines += ['', '| variant | T | train GFLOP/step | train GFLOP/s | of peak | infer GFLOP/batch '
-                          '| infer GFLOP/s | of peak |', '|---|---|---|---|---|---|---|---|']
+                          '| infer GFLOP/s | of peak | fresh memory touched per train step (MB) |',
+                      '|---|---|---|---|---|---|---|---|---|']
             for r in rows:
                 lines.append(
-                    f"| {_variant_label(r['impl'], r['batch_size'])} | {r['T']} | {fmt_value(r.get('train_gflop'), '.1f')} "
-                    f"| {fmt_value(r.get('train_gflops'), '.1f')} | {fmt_value(r.get('train_peak_fraction'))} "
-                    f"| {fmt_value(r.get('infer_gflop'), '.1f')} | {fmt_value(r.get('infer_gflops'), '.1f')} "
-                    f"| {fmt_value(r.get('infer_peak_fraction'))} |")
+                    f"| {_variant_label(r['impl'], r['batch_size'])} | {r['T']} | {fmt_value(r.get('train_gflop'), '.4g')} "
+                    f"| {fmt_value(r.get('train_gflops'), '.4g')} | {fmt_value(r.get('train_peak_fraction'))} "
+                    f"| {fmt_value(r.get('infer_gflop'), '.4g')} | {fmt_value(r.get('infer_gflops'), '.4g')} "
+                    f"| {fmt_value(r.get('infer_peak_fraction'))} | {fmt_value(r.get('train_faults_mb'), '.0f')} |")
             below = [r for r in rows if any((r.get(f'{k}_peak_fraction') or 1) < PEAK_TARGET for k in ('train', 'infer'))]
             if below and peak:
                 lines.append('')
@@ -1037,10 +1101,14 @@ def to_markdown(result: Dict[str, Any]) -> str:
                      f"{comp['warm']['process_s']:.1f} s; compiled: {comp['cold']['compiled']}.")
     for name, why in result.get('skipped', {}).items():
         lines += ['', f'### {name}', '', f'skipped: {why}']
+    if cfg.get('isolate_T'):
+        lines += ['', 'Each T was timed in its own fresh process with the ANN at batch B and T x B beside it; its '
+                      'overheads are against the ANN timed there (the ANN row above is the first process\'s).']
     lines += ['', 'overhead = SNN time / (T x ANN time at batch B); fair = SNN time / ANN time at batch T x B (the '
                   'same activations, one optimizer step); memory = peak extra memory of a training step; of peak = '
                   'GFLOP/s achieved / the dense GEMM peak above (FLOPs by torch FlopCounterMode: matmuls and '
-                  'convolutions, forward and backward).']
+                  'convolutions, forward and backward); fresh memory touched = minor page faults of the timed call '
+                  '(memory the allocator took from the kernel anew, which the kernel zeroes first).']
     return '\n'.join(lines) + '\n'
 
 

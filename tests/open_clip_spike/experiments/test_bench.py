@@ -30,8 +30,12 @@ def test_quick_bench_writes_consistent_report(tmp_path):
         assert r['train_img_s'] == pytest.approx(r['batch_size'] / r['train_s'])
         assert r['latency_b1_ms'] > 0 and r['peak_train_mb'] > 0
         assert len(r['train_times_s']) == 1 and r['train_s'] == pytest.approx(r['train_times_s'][0])
+    # each T timed in its own process, against the ANN timed there
+    assert result['config']['isolate_T'] and snn1['ann_train_s'] == pytest.approx(ann['train_s'])
     for r in (snn1, snn2):
-        assert r['train_overhead'] == pytest.approx(r['train_s'] / (r['T'] * ann['train_s']))
+        assert r['train_overhead'] == pytest.approx(r['train_s'] / (r['T'] * r['ann_train_s']))
+        assert r['infer_overhead'] == pytest.approx(r['infer_s'] / (r['T'] * r['ann_infer_s']))
+        assert r['train_faults_mb'] >= 0
     # the fair baseline: the ANN at batch T x B (T=1: the ANN itself)
     assert 'train_overhead' not in ann2
     assert snn2['train_overhead_fair'] == pytest.approx(snn2['train_s'] / ann2['train_s'])
@@ -84,7 +88,7 @@ def test_quick_bench_writes_consistent_report(tmp_path):
     assert 0 < neuron[0]['fwd_bwd_ns_per_elem'] < float('inf') and 0 < neuron[0]['fwd_ns_per_elem'] < float('inf')
     assert '### spikingformer_clip' in md and 'ANN (identity neurons)' in md and 'SNN, fused LIF' in md
     assert f'ANN at batch T x B = {2 * B}' in md and 'Dense GEMM peak' in md and 'train GFLOP/s' in md
-    assert 'Profile of one training step, SNN, fused LIF, T=2' in md
+    assert 'Profile of one training step, SNN, fused LIF, T=2' in md and 'its own fresh process' in md
     assert ('WARNING: measured under load' in md) == result['load']['under_load']
 
 
