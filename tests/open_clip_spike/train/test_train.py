@@ -3,6 +3,7 @@
 Each training run is a subprocess on a handful of images with SpikeCLIP-Tiny and a tiny open_clip teacher saved
 to a local checkpoint; runs that later tests build on are module-scoped fixtures.
 """
+import importlib
 import json
 import os
 import re
@@ -18,7 +19,8 @@ import torch
 import open_clip_spike  # noqa: F401
 from open_clip_spike import train as spike_train
 from open_clip_spike.checkpoint import CheckpointError, export_checkpoint
-from open_clip_spike.train import main as train_main_module
+
+train_main_module = importlib.import_module('open_clip_spike.train.main')  # the module (the package exports main())
 
 FIXTURES = Path(__file__).parent / 'fixtures_train'
 NAMES = ['zero', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine']
