@@ -64,6 +64,7 @@ import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs wit
 from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
 from open_clip_spike.checkpoint import export_checkpoint
 from open_clip_spike.factory import check_model_config_env
+from open_clip_spike.torchscript import check_torchscript
 from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
 from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
 
@@ -540,6 +541,9 @@ def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
     if not _known_model(a.model):
         raise SpikeTrainError(f'unknown model {a.model!r}; SpikeCLIP models: {models} (any open_clip model name, '
                               f'hf-hub:ORG/NAME or local-dir:PATH works; --spike-model-config adds a config)')
+    # open_clip_train catches a scripting error and trains unscripted without a word: say why, and refuse
+    if a.torchscript and (reason := check_torchscript(a.model)) is not None:
+        raise SpikeTrainError(f'--torchscript: {reason}; drop --torchscript (torch.compile is --torchcompile)')
     if (a.distill_model is None) != (a.distill_pretrained is None) or a.distill_model is None:
         raise SpikeTrainError(
             'SpikeCLIP training distils from a teacher: give both --distill-model (an open_clip model, e.g. '

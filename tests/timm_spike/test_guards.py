@@ -51,3 +51,14 @@ def test_time_steps_are_bounded_before_any_allocation(name):
         timm.create_model(name, T=10 ** 6, **TINY[name])
     with pytest.raises(ValueError, match='integer >= 1'):
         timm.create_model(name, T=0, **TINY[name])
+
+
+def test_a_checkpoint_of_another_dtype_is_refused_with_the_key(tmp_path):
+    from safetensors.torch import save_file
+    kw = TINY['spikingformer_clip']
+    sd = timm.create_model('spikingformer_clip', **kw).state_dict()
+    sd['head.weight'] = sd['head.weight'].to(torch.int32)
+    save_file(sd, str(tmp_path / 'w.safetensors'))
+    with pytest.raises(ValueError, match=r'head\.weight: int32 vs model float32'):
+        timm.create_model('spikingformer_clip', pretrained=True, **kw,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.safetensors')))

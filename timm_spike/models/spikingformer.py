@@ -35,7 +35,7 @@ from timm.models._features import feature_take_indices
 from timm_spike.layers import (
     LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct,
     linear_like)
-from timm_spike.layers.guards import check_image
+from timm_spike.layers.guards import check_image, check_state_dict_dtypes
 
 __all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
 
@@ -534,6 +534,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Spikingform
         raise ValueError(
             'The checkpoint does not fit this model configuration (was it saved from another variant, '
             'embed_dim, depth, readout or num_classes?): ' + '; '.join(problems))
+    check_state_dict_dtypes(expected, out)  # an int or fp16 tensor would be cast into the model without a word
     return out
 
 
