@@ -23,9 +23,9 @@ DIST=()
 if [ -n "${DISTRACTORS:-}" ]; then DIST=(--distractors "$DISTRACTORS"); fi
 
 stage "replace label on $TAG: $REPLACE"
-run "$PYTHON" -m open_clip_spike.paper relabel --mode replace "${COMMON[@]}" "${REPL[@]}" \
+run "$PYTHON" -m open_clip_spike.cli.paper relabel --mode replace "${COMMON[@]}" "${REPL[@]}" \
   --output "$RESULTS/relabel-$TAG-replace.json" "$@"
 stage "expand label on $TAG: + 10 CIFAR-100 classes"
-run "$PYTHON" -m open_clip_spike.paper relabel --mode expand "${COMMON[@]}" ${DIST[@]+"${DIST[@]}"} \
+run "$PYTHON" -m open_clip_spike.cli.paper relabel --mode expand "${COMMON[@]}" ${DIST[@]+"${DIST[@]}"} \
   --output "$RESULTS/relabel-$TAG-expand.json" "$@"
-run "$PYTHON" -m open_clip_spike.paper table --output "$RESULTS/relabel.md" "$RESULTS"/relabel-*.json
+run "$PYTHON" -m open_clip_spike.cli.paper table --output "$RESULTS/relabel.md" "$RESULTS"/relabel-*.json

@@ -29,7 +29,7 @@ case "$DATA" in
     CSV="$DATA_DIR/stage1_imagenet.csv"
     if [ ! -f "$CSV" ]; then
       stage "captions: $IMAGENET_TRAIN x $TEMPLATES templates -> $CSV"
-      run "$PYTHON" -m open_clip_spike.paper imagenet-csv --train-dir "$IMAGENET_TRAIN" --output "$CSV" \
+      run "$PYTHON" -m open_clip_spike.cli.paper imagenet-csv --train-dir "$IMAGENET_TRAIN" --output "$CSV" \
         --classnames "$CLASSNAMES" --templates "$TEMPLATES" --seed "$SEED"
     fi
     DATA_ARGS=(--train-data "$CSV" --dataset-type csv --csv-img-key filepath --csv-caption-key title)

@@ -51,10 +51,10 @@ launch open_clip_spike.train --spike-loss dual --kl-weight "$KL_WEIGHT" --kl-tem
   --report-to "${REPORT_TO:-tensorboard}" ${BN_SYNC_FLAG[@]+"${BN_SYNC_FLAG[@]}"} "$@"
 
 stage "model selection on $PREP/val"
-run "$PYTHON" -m open_clip_spike.paper select --run-dir "$RUNS/$NAME"
+run "$PYTHON" -m open_clip_spike.cli.paper select --run-dir "$RUNS/$NAME"
 stage "test split of $DATASET, once, with the selected epoch"
 EVAL_DEVICE="$DEVICE"; if [ "$DEVICE" = cuda ]; then EVAL_DEVICE=cuda:0; fi
-run "$PYTHON" -m open_clip_spike.zeroshot --model "$STUDENT" --pretrained "$RUNS/$NAME/checkpoints/best.safetensors" \
+run "$PYTHON" -m open_clip_spike.cli.zeroshot --model "$STUDENT" --pretrained "$RUNS/$NAME/checkpoints/best.safetensors" \
   --dataset "$DATASET" --data-root "$DATA_ROOT" --classnames "$PREP/classnames.txt" --templates "$PREP/templates.txt" \
   --device "$EVAL_DEVICE" --batch-size "${EVAL_BATCH:-256}" --no-progress --output "$RESULTS/stage2-$TAG.json"
-run "$PYTHON" -m open_clip_spike.paper table --output "$RESULTS/stage2.md" "$RESULTS"/stage2-*.json
+run "$PYTHON" -m open_clip_spike.cli.paper table --output "$RESULTS/stage2.md" "$RESULTS"/stage2-*.json

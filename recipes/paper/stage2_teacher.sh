@@ -21,7 +21,7 @@ NAME="teacher-$TAG"
 RESUME=()
 if [ -f "$RUNS/$NAME/out.log" ]; then RESUME=(--resume latest); fi
 stage "teacher: $TEACHER_MODEL/$TEACHER_PRETRAINED fine-tuned on $TAG ($TEACHER_EPOCHS epochs, text locked)"
-launch open_clip_spike.paper finetune-teacher --model "$TEACHER_MODEL" --pretrained "$TEACHER_PRETRAINED" \
+launch open_clip_spike.cli.paper finetune-teacher --model "$TEACHER_MODEL" --pretrained "$TEACHER_PRETRAINED" \
   --train-data "$PREP/train.csv" --dataset-type csv --csv-img-key filepath --csv-caption-key title \
   --name "$NAME" ${RESUME[@]+"${RESUME[@]}"} --epochs "$TEACHER_EPOCHS" --lr "$TEACHER_LR" --wd "$TEACHER_WD" \
   --batch-size "$TEACHER_BATCH" --warmup "$TEACHER_WARMUP" --precision "$PRECISION" --device "$DEVICE" \
