@@ -99,6 +99,18 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return _state_dict_of(ckpt, path)
 
 
+def model_from_checkpoint(model_name: str, path: Union[str, Path]) -> nn.Module:
+    """``open_clip.create_model(model_name)`` with the weights of a local checkpoint file (strict)."""
+    import open_clip
+    state_dict = load_checkpoint_file(path)
+    model = open_clip.create_model(model_name)
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f'Checkpoint {path} does not fit {model_name}: {e}') from e
+    return model
+
+
 def state_dict_for_safetensors(module: nn.Module) -> Dict[str, torch.Tensor]:
     # safetensors refuses tensors that share storage (tied weights); contiguous copies store each key as loaded.
     return {k: v.detach().to('cpu').contiguous().clone() for k, v in module.state_dict().items()}

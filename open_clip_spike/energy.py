@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 
 from timm_spike.energy import (
-    EnergyConstants, EnergyReport, TeacherEnergy, calibrate_bn, energy_report, teacher_energy)
+    EnergyConstants, EnergyReport, TeacherEnergy, energy_report, teacher_energy)
 from timm_spike.energy.data import image_dataset
-from timm_spike.energy.run import NO_CHECKPOINT_NOTE, check_safetensors_file, image_loader
+from timm_spike.energy.run import calibrate_if_untrained, check_safetensors_file, image_loader
 from timm_spike.utils import build_on_meta
 
-from .checkpoint import load_checkpoint_file
+from .checkpoint import model_from_checkpoint
 from .data import BUNDLED_CLASSNAMES, build_dataset
 from .data.templates import TEMPLATES
 from .model import SpikeCLIP
@@ -196,10 +196,7 @@ def spikeclip_model_energy(
     loader = image_loader(ds, batch_size, max_samples, data)
     names, temps = resolve_classnames_templates(classnames, templates, data, ds)
     prompts = class_prompts(names, temps)
-    notes = []
-    if calibrate == 'yes' or (calibrate == 'auto' and not trained):
-        calibrate_bn(model.visual, (x for x, _ in loader))
-        notes.append(NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.')
+    notes = calibrate_if_untrained(model.visual, loader, trained, calibrate)
     teacher_e = clip_teacher_energy(teacher, prompts, constants) if teacher else None
     return spikeclip_energy_report(
         model.eval(), loader, tokenizer(prompts), model_name=model_name, data_name=desc,
@@ -214,13 +211,7 @@ PUBLISH_ENERGY_DATA = 'skimage'
 def _load_for_publishing(model: Union[nn.Module, str, os.PathLike], model_name: str) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
-    state_dict = load_checkpoint_file(model)
-    net = open_clip.create_model(model_name)
-    try:
-        net.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f'Checkpoint {model} does not fit {model_name}: {e}') from e
-    return net
+    return model_from_checkpoint(model_name, model)
 
 
 def energy_for_publishing(

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from timm_spike.utils import fault_point, remove_stale_temps, temp_prefix
 
-from ..checkpoint import load_checkpoint_file, state_dict_for_safetensors
+from ..checkpoint import model_from_checkpoint, state_dict_for_safetensors
 from .card import model_card, zeroshot_rows
 from .files import (
     ENERGY_REPORT, ENERGY_REPORT_KEYS, MODEL_CARD, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, PICKLED_OPEN_CLIP_WEIGHTS,
@@ -119,13 +119,7 @@ def _build_model(model_or_checkpoint: Union[nn.Module, str, Path], model_name: O
         return model_or_checkpoint, model_name, model_cfg
     if model_name is None:
         raise ValueError('model_name is needed to build the model a checkpoint belongs to')
-    state_dict = load_checkpoint_file(model_or_checkpoint)
-    model = open_clip.create_model(model_name)
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f'Checkpoint {model_or_checkpoint} does not fit {model_name}: {e}') from e
-    return model.eval(), model_name, model_cfg
+    return model_from_checkpoint(model_name, model_or_checkpoint).eval(), model_name, model_cfg
 
 
 def validate_energy_report(report: Union[Mapping[str, Any], str, Path]) -> Dict[str, Any]:

@@ -19,8 +19,8 @@ from .measure import energy_report, teacher_energy
 from .plot import plot_energy
 from .report import EnergyConstants, EnergyReport, TeacherEnergy
 
-__all__ = ['HUB_PREFIXES', 'NO_CHECKPOINT_NOTE', 'check_safetensors_file', 'image_loader', 'require_matplotlib',
-           'timm_model_energy', 'timm_teacher_energy', 'write_report']
+__all__ = ['HUB_PREFIXES', 'NO_CHECKPOINT_NOTE', 'calibrate_if_untrained', 'check_safetensors_file', 'image_loader',
+           'require_matplotlib', 'timm_model_energy', 'timm_teacher_energy', 'write_report']
 
 # timm and open_clip model names that bring their own weights.
 HUB_PREFIXES = ('hf-hub:', 'local-dir:')
@@ -62,6 +62,22 @@ def check_safetensors_file(path: str) -> None:
         raise ValueError(f'checkpoint {path!r} does not exist')
 
 
+def _check_calibrate(calibrate: str) -> None:
+    if calibrate not in CALIBRATE_MODES:
+        raise ValueError(f'calibrate must be one of {CALIBRATE_MODES}, got {calibrate!r}')
+
+
+def calibrate_if_untrained(model: torch.nn.Module, loader: DataLoader, trained: bool,
+                           calibrate: str = 'auto') -> List[str]:
+    """Re-estimate BatchNorm statistics on the loader's images when asked to ('yes'), or for random weights
+    ('auto' and not ``trained``); return the report notes that say so."""
+    _check_calibrate(calibrate)
+    if calibrate == 'yes' or (calibrate == 'auto' and not trained):
+        calibrate_bn(model, (x for x, _ in loader))
+        return [NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.']
+    return []
+
+
 def timm_model_energy(
         model_name: str,
         *,
@@ -90,8 +106,7 @@ def timm_model_energy(
     from timm.models import parse_model_name
 
     import timm_spike  # noqa: F401  (registers the spiking models)
-    if calibrate not in CALIBRATE_MODES:
-        raise ValueError(f'calibrate must be one of {CALIBRATE_MODES}, got {calibrate!r}')
+    _check_calibrate(calibrate)
     hub = parse_model_name(model_name)[0] is not None  # timm's own parsing of hf-hub: / local-dir:
     if not hub and model_name not in timm.list_models():
         known = ', '.join(timm.list_models('spikingformer*'))
@@ -108,11 +123,7 @@ def timm_model_energy(
     cfg = timm.data.resolve_model_data_config(model)
     ds, desc = image_dataset(data, timm.data.create_transform(**cfg, is_training=False))
     loader = image_loader(ds, batch_size, max_samples, data)
-    notes = []
-    trained = bool(checkpoint) or hub
-    if calibrate == 'yes' or (calibrate == 'auto' and not trained):
-        calibrate_bn(model, (x for x, _ in loader))
-        notes.append(NO_CHECKPOINT_NOTE if not trained else 'BatchNorm statistics calibrated on the data.')
+    notes = calibrate_if_untrained(model, loader, bool(checkpoint) or hub, calibrate)
     teacher_e = timm_teacher_energy(teacher, constants) if teacher else None
     return energy_report(model, loader, model_name=model_name, data_name=desc, constants=constants,
                          teacher=teacher_e, progress=progress, notes=notes)
