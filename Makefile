@@ -27,8 +27,10 @@ demo: $(STAMP) data
 demo-quick: $(STAMP) data
 	$(VENV)/bin/spikeclip demo --quick --out out/demo-quick
 
+# Two workers (pytest-xdist), one file each at a time: most of the suite's time is single-threaded (interpreter
+# start-up, commands in subprocesses), so two files at once keep both cores busy.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

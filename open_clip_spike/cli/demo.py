@@ -27,6 +27,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--precision', default=None, choices=('fp32', 'amp', 'amp_bf16', 'bf16'))
     p.add_argument('--lif-impl', default=None, choices=('auto', 'fused', 'spikingjelly'),
                    help='spiking neuron implementation (default auto: fused on CPU, spikingjelly on GPU)')
+    p.add_argument('--bf16-eval', dest='bf16_eval', action='store_true', default=None,
+                   help='also evaluate both models under bf16 autocast (default: where the CPU has native bf16)')
     p.add_argument('--no-bf16-eval', dest='bf16_eval', action='store_false', default=None,
                    help='skip the extra zero-shot evaluations under bf16 autocast')
     p.add_argument('--no-progress', action='store_true')

@@ -40,7 +40,7 @@ _logger = logging.getLogger(__name__)
 # timm_spike model and the keyword overrides that give each family a SpikeCLIP-Tiny-sized CPU tower
 # (one block, width 128 for the transformers; one block per stage for the ResNet, whose widths are fixed).
 IMAGE_TOWERS: Dict[str, Tuple[str, Dict[str, Any]]] = {
-    'spikingformer': ('spikingformer_clip', dict(embed_dim=128, depth=1, num_heads=4)),
+    'spikingformer': ('spikingformer_clip', dict(embed_dim=128, depth=1, num_heads=4, stem='cifar_light')),
     'spikformer': ('spikformer_clip', dict(embed_dim=128, depth=1, num_heads=4)),
     'sdt': ('sdt_clip', dict(embed_dim=128, depth=1, num_heads=4)),
     'qkformer': ('qkformer_clip', dict(embed_dim=128, depths=[1, 1, 1], num_heads=4)),
@@ -119,7 +119,7 @@ def run_ablation(
     os.makedirs(out, exist_ok=True)
     config_dir = os.path.abspath(os.path.join(out, 'configs'))
     names = write_ablation_configs(pairs, config_dir)
-    # every training subprocess registers the configs through the environment
+    # the configs reach every process a stage starts (data loader workers) through the environment
     paths = [p for p in os.environ.get(CONFIG_PATH_ENV, '').split(os.pathsep) if p]
     if config_dir not in paths:
         os.environ[CONFIG_PATH_ENV] = os.pathsep.join(paths + [config_dir])

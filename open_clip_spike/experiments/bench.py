@@ -841,7 +841,8 @@ def peak_train_memory_many(specs: List[Dict[str, Any]], timeout: float = 1800) -
     """
     if not any(s.get('device', 'cpu').startswith('cuda') for s in specs) and not os.path.exists('/proc/self/clear_refs'):
         raise RuntimeError('CPU peak memory needs Linux /proc (VmHWM and clear_refs); not available here')
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')  # see the module docstring
+    # see the module docstring; the commands' allocator tuning (no mmap) would hide freed memory from the count
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536', TIMM_SPIKE_TUNE_ALLOCATOR='0')
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, 'result.json')
         cmd = [sys.executable, '-m', 'open_clip_spike.cli.bench', '--probe-memory', json.dumps(specs), '--out', out]

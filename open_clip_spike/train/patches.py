@@ -15,7 +15,7 @@ from torch import nn
 
 from .resume import ResumeState
 
-__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches']
+__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches', 'speed_patches']
 
 _logger = logging.getLogger(__name__)
 
@@ -53,6 +53,32 @@ def _tar_file_expander_without_eof(expander):
     return functools.partial(expander, eof_value=None)
 
 
+class _FusedAdamWOnCpu:
+    """``torch.optim`` as open_clip_train's ``main`` sees it, with AdamW's fused kernel on CPU parameters.
+
+    Upstream builds ``optim.AdamW`` without ``fused``/``foreach``; on the CPU PyTorch then takes its per-parameter
+    loop (about a tenth of a step of the demo's teacher), while ``fused=True`` is one kernel over all of them.
+    """
+
+    def __getattr__(self, name):
+        return getattr(torch.optim, name)
+
+    @staticmethod
+    def AdamW(params, *args, **kwargs):
+        groups = [dict(g, params=list(g['params'])) if isinstance(g, dict) else g for g in params]
+        tensors = [p for g in groups for p in (g['params'] if isinstance(g, dict) else [g])]
+        if 'fused' not in kwargs and 'foreach' not in kwargs and tensors and all(
+                p.device.type == 'cpu' and p.dtype in (torch.float32, torch.float64) for p in tensors):
+            kwargs['fused'] = True
+        return torch.optim.AdamW(groups, *args, **kwargs)
+
+
+def speed_patches() -> list:
+    """Patches that only make open_clip_train faster (same method, same results up to rounding)."""
+    import open_clip_train.main as oc_main
+    return [(oc_main, 'optim', _FusedAdamWOnCpu())]
+
+
 def resume_patches(state: ResumeState) -> list:
     """The patches behind exact resumption (``open_clip_spike.train.resume``): (module, attribute, value)."""
     import open_clip_train.main as oc_main
@@ -87,10 +113,10 @@ def _check_version() -> None:
 
 @contextlib.contextmanager
 def patched_upstream_loop(state: ResumeState):
-    """Only the resume patches: open_clip_train's own loop and losses (the demo's ANN teacher), resumable."""
+    """Only the resume (and speed) patches: open_clip_train's own loop and losses (the demo's ANN teacher)."""
     import open_clip_train.main as oc_main
     _check_version()
-    patches = resume_patches(state) + [
+    patches = resume_patches(state) + speed_patches() + [
         # each epoch starts from the random state the previous one ended with (saved in the checkpoint).
         (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(oc_main.train_one_epoch)),
     ]
@@ -122,7 +148,7 @@ def patched_open_clip_train(run, state: Optional[ResumeState] = None):
         # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache; inside it, each epoch starts
         # from the random state the previous one ended with (saved in the checkpoint: exact resumption).
         (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(run.train_one_epoch)),
-    ] + resume_patches(state)
+    ] + resume_patches(state) + speed_patches()
     import open_clip_train.data as oc_data
     if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
         # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for

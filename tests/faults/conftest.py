@@ -16,8 +16,6 @@ sys.path.insert(0, str(Path(__file__).parent))  # fault_helpers, for the test mo
 
 from fault_helpers import FIXTURES_TRAIN, NAMES, TEACHER, TEMPLATE  # noqa: E402
 
-_RESULTS: List[Dict[str, str]] = []
-
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'faults: fault-injection tests (kills, interrupts, corrupt files, bad input)')
@@ -30,16 +28,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.faults)
 
 
-class FaultLog:
-    """Records one fault per call: what was done, and whether the run survived it (set by the test's asserts)."""
+FAULT_KEY = 'spikeclip_fault'  # the table is printed by tests/conftest.py (loaded by xdist's controller too)
 
-    def __init__(self, test: str):
-        self.test = test
+
+class FaultLog:
+    """Records one fault per call: what was done, and whether the run survived it (set by the test's asserts).
+
+    The rows ride on the test's report (``user_properties``), so the table is complete under pytest-xdist too."""
+
+    def __init__(self, node):
+        self.node = node
         self.open: List[Dict[str, str]] = []
 
     def tried(self, fault: str, where: str) -> Dict[str, str]:
-        row = dict(test=self.test, fault=fault, where=where, survived='no')
-        _RESULTS.append(row)
+        row = dict(test=self.node.name, fault=fault, where=where, survived='no')
+        self.node.user_properties.append((FAULT_KEY, row))
         self.open.append(row)
         return row
 
@@ -52,20 +55,7 @@ class FaultLog:
 
 @pytest.fixture
 def fault_log(request) -> FaultLog:
-    return FaultLog(request.node.name)
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _RESULTS:
-        return
-    tr = terminalreporter
-    tr.section('faults tried / survived')
-    w = max(len(r['fault']) for r in _RESULTS)
-    v = max(len(r['where']) for r in _RESULTS)
-    for r in _RESULTS:
-        tr.write_line(f"{r['fault']:<{w}}  {r['where']:<{v}}  {r['survived']}")
-    n_ok = sum(r['survived'] == 'yes' for r in _RESULTS)
-    tr.write_line(f'faults tried: {len(_RESULTS)}, survived: {n_ok}')
+    return FaultLog(request.node)
 
 
 # ---------------------------------------------------------------------------------------------------------------

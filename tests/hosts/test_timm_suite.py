@@ -37,7 +37,7 @@ def test_format_table_counts_per_family(tmp_path):
     assert 'total: 1 passed, 1 skipped, 1 failed' in table
 
 
-def test_timm_model_suite_passes_over_project_models():
+def test_timm_model_suite_passes_over_project_models(report):
     import timm
     try:
         fetch_sdist_tests(timm.__version__, default_cache())
@@ -48,11 +48,11 @@ def test_timm_model_suite_passes_over_project_models():
     proc = subprocess.run(
         [sys.executable, str(HERE / 'run_timm_suite.py'), '--models', models, '-k', keyword],
         capture_output=True, text=True, timeout=3600)
-    report = proc.stdout[proc.stdout.find('timm ' + timm.__version__ + ' tests/test_models.py'):]
-    print(report)  # the pass / skip / fail table, shown with -s or -rA
-    assert proc.returncode == 0, report + proc.stderr[-3000:]
-    assert 'total: ' in report and ' 0 failed' in report
+    table = proc.stdout[proc.stdout.find('timm ' + timm.__version__ + ' tests/test_models.py'):]
+    report(f"timm {timm.__version__}'s own model tests over this project's models", table)  # printed at the end
+    assert proc.returncode == 0, table + proc.stderr[-3000:]
+    assert 'total: ' in table and ' 0 failed' in table
     # the only skips are TorchScript's, each with its reason
-    skips = [line for line in report.splitlines() if line.startswith('skip ')]
+    skips = [line for line in table.splitlines() if line.startswith('skip ')]
     assert skips and all('torchscript' in line and 'TorchScript cannot compile spikingjelly' in line
                          for line in skips), skips

@@ -19,9 +19,10 @@ from timm_spike.layers.fused_lif import FusedLIFParams, lif_multi_step_fused
 @pytest.fixture
 def eager():
     """Run the fused kernels eagerly: same math, no compile time for the many configurations below."""
+    before = fused_lif._compile_enabled
     fused_lif.set_fused_compile(False)
     yield
-    fused_lif.set_fused_compile(True)
+    fused_lif.set_fused_compile(before)
 
 
 def _inputs(shape=(4, 3, 50), seed=0):
@@ -80,6 +81,7 @@ def test_compiled_matches_spikingjelly(cfg, monkeypatch):
     # earlier in this process (e.g. a cache race with another process compiling) switches the process to eager;
     # start this test from a clean state so it tests compiling itself.
     monkeypatch.setattr(fused_lif, '_compile_failed', False)
+    monkeypatch.setattr(fused_lif, '_compile_enabled', True)  # the suite runs eagerly elsewhere (tests/conftest.py)
     assert fused_lif.fused_compile_enabled()
     x, up = _inputs((4, 2, 16, 40))
     s_ref, g_ref = _reference(x, up, cfg)
@@ -206,6 +208,7 @@ def test_eager_fallback_when_compiling_fails(monkeypatch, caplog):
 
     monkeypatch.setattr(fused_lif, '_compiled', {})
     monkeypatch.setattr(fused_lif, '_compile_failed', False)
+    monkeypatch.setattr(fused_lif, '_compile_enabled', True)
     monkeypatch.setattr(torch, 'compile', broken_compile)
     x, up = _inputs()
     with caplog.at_level(logging.WARNING, logger='timm_spike.layers.fused_lif'):

@@ -96,6 +96,26 @@ def test_imagenet_stem_forward():
     assert m.pretrained_cfg['pool_size'] == (14, 14)
 
 
+def test_cifar_light_stem_same_tokens_fewer_flops():
+    """'cifar_light' pools one stage earlier: the same 8x8 tokens and weights, the stem's 3x3 convs at
+    (32, 16, 8, 8) instead of (32, 32, 16, 8) positions per side."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = torch.randn(1, 3, 32, 32)
+    stem_flops, feats = {}, {}
+    for stem in ('cifar', 'cifar_light'):
+        m = timm.create_model('spikingformer_clip', embed_dim=64, depth=1, num_heads=4, T=2, stem=stem).eval()
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            feats[stem] = m.forward_features_seq(x)
+        stem_flops[stem] = sum(fc.get_flop_counts()['SpikingTokenizer'].values())
+        assert m.stride == 4 and sum(p.numel() for p in m.parameters()) == 145_608
+    assert feats['cifar'].shape == feats['cifar_light'].shape == (2, 1, 64, 8, 8)
+    # widths C/8..C = 8, 16, 32, 64, 64; the first conv runs once, the other four T times
+    macs = lambda hw: 3 * 8 * 32 ** 2 + 2 * (8 * 16 * hw[0] ** 2 + 16 * 32 * hw[1] ** 2 + 32 * 64 * hw[2] ** 2  # noqa: E731
+                                             + 64 * 64 * hw[3] ** 2)
+    assert stem_flops['cifar'] == 2 * 9 * macs((32, 32, 16, 8))
+    assert stem_flops['cifar_light'] == 2 * 9 * macs((32, 16, 8, 8))
+
+
 def test_classifier_api():
     m = tiny()
     assert isinstance(m.get_classifier(), torch.nn.Linear) and m.get_classifier().out_features == 5

@@ -47,6 +47,9 @@ CIFAR_STD = (0.2470, 0.2435, 0.2616)
 # Tokenizer layouts: which of the 5 conv stages get a stride-2 max-pool on their input.
 STEM_POOL_STAGES = {
     'cifar': (3, 4),  # 32x32 -> 8x8 = 64 tokens
+    # the same 64 tokens with the pools one stage earlier: the two widest 3x3 convs run at a quarter of the
+    # positions (0.45x the stem's FLOPs), for small towers whose cost is mostly the stem (SpikeCLIP-Tiny)
+    'cifar_light': (2, 3),
     'imagenet': (1, 2, 3, 4),  # 224x224 -> 14x14 = 196 tokens
 }
 POOL_ORDERS = ('spike', 'real')
@@ -304,7 +307,8 @@ class Spikingformer(nn.Module):
             mlp_ratio: MLP hidden width / embed_dim.
             T: Time steps (any integer >= 1).
             readout: Combination over time, 'mean' or 'weighted'.
-            stem: Tokenizer layout, 'cifar' (stride 4) or 'imagenet' (stride 16).
+            stem: Tokenizer layout (``STEM_POOL_STAGES``): 'cifar' (stride 4), 'cifar_light' (stride 4, pooled one
+                stage earlier) or 'imagenet' (stride 16).
             pool_order: 'spike' (LIF -> MaxPool, Spikingformer) or 'real' (MaxPool -> LIF, SpikeCLIP code).
             attn_scale: Scale of the attention product.
             attn_threshold: Threshold of the LIF after the attention product.

@@ -33,7 +33,7 @@ import open_clip
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP configs with open_clip)
 from open_clip_spike import list_spikeclip_models
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or max(1, min(2, os.cpu_count() or 1))))
 
 # test file -> why none of its tests are about this project's models (they are deselected, not skipped).
 NOT_APPLICABLE: Dict[str, str] = {

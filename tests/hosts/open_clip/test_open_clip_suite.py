@@ -3,7 +3,7 @@
 By default (``make test``) the inference regression test runs on every SpikeCLIP config and the training-loop
 tests on ``SpikeCLIP-Tiny`` (each is a full open_clip_train run; on two cores all of them on every config take
 far longer than the rest of this suite). ``SPIKECLIP_HOST_SUITE=full`` runs the training-loop tests on every
-config as well (CI's scheduled job). The pass / skip / fail table is printed (``pytest -s`` or ``-rA`` shows it).
+config as well (CI's scheduled job). The pass / skip / fail table is printed at the end of the run.
 """
 import importlib.util
 import os
@@ -22,17 +22,16 @@ def _runner():
     return module
 
 
-def test_open_clip_suite_over_spikeclip_configs(capsys):
+def test_open_clip_suite_over_spikeclip_configs(report):
     runner = _runner()
     full = os.environ.get('SPIKECLIP_HOST_SUITE') == 'full'
     try:
-        status, rows, report = runner.run(train_models='' if full else DEFAULT_TRAIN_MODELS)
+        status, rows, table = runner.run(train_models='' if full else DEFAULT_TRAIN_MODELS)
     except runner.SuiteUnavailable as e:
         pytest.skip(f'open_clip sdist unavailable (offline and not in the cache): {e}')
-    with capsys.disabled():
-        print('\n' + report)
+    report("open_clip's own tests over the SpikeCLIP configs", table)  # printed at the end of the run
     failures = [f"{r['test']}[{r['model']}]: {r['message']}" for r in rows if r['outcome'] == 'fail']
-    assert status == 0 and not failures, report
+    assert status == 0 and not failures, table
     import open_clip_spike
     configs = set(open_clip_spike.list_spikeclip_models())
     inference = {r['model'] for r in rows if r['test'] == 'test_inference_with_data' and r['outcome'] == 'pass'}

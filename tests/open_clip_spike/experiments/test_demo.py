@@ -34,7 +34,7 @@ def test_captioned_csv(tmp_path):
 def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / 'demo'
     cfg = DemoConfig.quick(out=str(out), data=FIXTURE, train_images=200, test_images=100, energy_images=32,
-                           batch_size=50, progress=False)
+                           batch_size=50, progress=False, bf16_eval=True)
     summary = run_demo(cfg)
     assert SUMMARY_KEYS <= set(summary)
     on_disk = json.loads((out / 'summary.json').read_text())

@@ -1,7 +1,8 @@
 """End-to-end tests of ``python -m open_clip_spike.train`` on real images (scikit-learn's digits as PNG).
 
-Each training run is a subprocess on a handful of images with SpikeCLIP-Tiny and a tiny open_clip teacher saved
-to a local checkpoint; runs that later tests build on are module-scoped fixtures.
+Each training run is the command's own ``main`` (in this process; torchrun in a subprocess) on a handful of
+images with SpikeCLIP-Tiny and a tiny open_clip teacher saved to a local checkpoint; runs that later tests build
+on are module-scoped fixtures.
 """
 import importlib
 import json
@@ -86,6 +87,15 @@ def _csv(root):
 
 
 def _run(cmd, timeout=600):
+    """``python -m open_clip_spike.train ARGS`` runs in this process (``train.inprocess.run_in_process``: the
+    command's own ``main``, its stdout and stderr captured; an interpreter per run would cost each test the imports
+    again); anything else (torchrun) in a subprocess."""
+    if cmd[:3] == [sys.executable, '-m', 'open_clip_spike.train']:
+        import io
+        from open_clip_spike.train.inprocess import run_in_process
+        out, err = io.StringIO(), io.StringIO()
+        rc = run_in_process('open_clip_spike.train', cmd[3:], out, err)
+        return subprocess.CompletedProcess(cmd, rc, out.getvalue(), err.getvalue())
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
                           cwd=Path(__file__).parents[3])
