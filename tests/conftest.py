@@ -49,8 +49,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-# Reports and fault rows (tests/faults' ``fault_log``) that tests attach to their results (``record_report(request, title, text)``) are printed at the end of
-# the run, also under xdist (the properties travel with each test's report to the controller).
+# Reports (``record_report(request, title, text)``) and fault rows (tests/faults' ``fault_log``) that tests attach
+# to their results are printed at the end of the run, also under xdist (the properties travel with each test's
+# report to the controller, which loads only this conftest).
 REPORT_KEY = 'spikeclip_report'
 
 

@@ -22,8 +22,7 @@ import os
 import re
 import shutil
 import time
-import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -452,7 +451,7 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     from timm_spike.layers import LIF_IMPL_ENV, LIF_IMPLS, lif_impl
 
     if cfg.bf16_eval is None:
-        cfg = dataclasses.replace(cfg, bf16_eval=bf16_is_native())
+        cfg = replace(cfg, bf16_eval=bf16_is_native())
     if cfg.lif_impl not in LIF_IMPLS:
         raise ValueError(f'Unknown lif_impl {cfg.lif_impl!r}; choose one of {LIF_IMPLS}')
     validate_config(cfg)

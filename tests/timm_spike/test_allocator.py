@@ -37,10 +37,9 @@ print(off, untouched, ok, heap_growth_mb(), tune_allocator())
 '''
 
 
-def _probe(**env):
-    e = dict(os.environ, **env)
+def _probe():
+    e = dict(os.environ)
     e.pop('TIMM_SPIKE_TUNE_ALLOCATOR', None)
-    e.update(env)
     proc = subprocess.run([sys.executable, '-c', PROBE], capture_output=True, text=True, timeout=300, env=e)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split()
