@@ -49,6 +49,71 @@ def _seed():
     torch.manual_seed(0)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# One quick demo run for the session, shared by the demo's end-to-end test (tests/open_clip_spike/experiments/
+# test_demo.py, which reruns and resumes it in place) and the demo fault chain (tests/faults/test_demo_faults.py, which
+# compares its killed-and-rerun demo with a snapshot of this run's results). Files that share a session fixture go
+# to the same xdist worker (``SHARED_SCOPES``), so the run happens once per session.
+
+# The smallest demo that still has every stage and a training stage with two epochs: 100 images in batches of 50.
+# spikingjelly's neuron and one thread, as the fault chain's subprocesses run (bit-identical). The bf16 evaluations
+# are added by the end-to-end test's rerun.
+DEMO_KNOBS = ['--quick', '--data', str(Path(__file__).parent / 'fixtures' / 'fashion_mnist'), '--train-images',
+              '100', '--test-images', '50', '--energy-images', '16', '--batch-size', '50', '--align-epochs', '2',
+              '--no-bf16-eval', '--no-progress', '--lif-impl', 'spikingjelly']
+DEMO_RESULTS = ('teacher.safetensors', 'align.safetensors', 'dual.safetensors', 'hub/open_clip_model.safetensors',
+                'zeroshot_teacher.json', 'zeroshot_student.json', 'energy/energy.json', 'summary.json')
+SHARED_SCOPES = {'faults/test_demo_faults.py': 'quick-demo', 'open_clip_spike/experiments/test_demo.py': 'quick-demo'}
+
+
+class QuickDemo:
+    """``out``: the demo folder (tests may rerun and change it); ``results``: a copy of its results as first run."""
+
+    def __init__(self, out: Path, results: Path, summary: dict, printed: str):
+        self.out, self.results, self.summary, self.printed = out, results, summary, printed
+        self.knobs = list(DEMO_KNOBS)
+
+
+@pytest.fixture(scope='session')
+def quick_demo(tmp_path_factory) -> QuickDemo:
+    """``spikeclip demo`` with ``DEMO_KNOBS``, run once in this process through the command's own ``main``."""
+    import contextlib
+    import io
+    import json
+    import shutil
+
+    from open_clip_spike.cli import main
+    base = tmp_path_factory.mktemp('quick-demo')
+    out, results = base / 'demo', base / 'results'
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the fault chain's processes (OMP_NUM_THREADS=1)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            rc = main(['demo', '--out', str(out), *DEMO_KNOBS])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0, printed.getvalue()[-3000:]
+    for name in DEMO_RESULTS:
+        (results / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out / name, results / name)
+    return QuickDemo(out, results, json.loads((out / 'summary.json').read_text()), printed.getvalue())
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's per-file scheduling (``--dist loadfile``), with the files of ``SHARED_SCOPES`` kept together."""
+    if config.getvalue('dist') != 'loadfile':
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFixtureScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split('::', 1)[0]
+            return next((scope for suffix, scope in SHARED_SCOPES.items() if path.endswith(suffix)), path)
+
+    return SharedFixtureScheduling(config, log)
+
+
 # Reports (``record_report(request, title, text)``) and fault rows (tests/faults' ``fault_log``) that tests attach
 # to their results are printed at the end of the run, also under xdist (the properties travel with each test's
 # report to the controller, which loads only this conftest).

@@ -53,6 +53,37 @@ def _tar_file_expander_without_eof(expander):
     return functools.partial(expander, eof_value=None)
 
 
+def _seeded_sample_shuffle(get_wds_dataset):
+    """upstream's ``get_wds_dataset`` with the training samples' shuffle seeded by ``--seed`` and the epoch.
+
+    Upstream seeds the shard shuffle (its ``detshuffle2``) but not the sample shuffle after it (``wds.shuffle``,
+    whose seed comes from the clock and the pid): the order of the samples, and so the trained weights, changed from
+    run to run, and a resumed run could not repeat the one it replaced. The same stage is used for both here.
+    """
+    def wrapped(args, preprocess_img, is_train, epoch=0, floor=False, tokenizer=None):
+        from webdataset.filters import FilterFunction, _shuffle
+
+        import open_clip_train.data as oc_data
+        info = get_wds_dataset(args, preprocess_img, is_train, epoch=epoch, floor=floor, tokenizer=tokenizer)
+        if not is_train:
+            return info
+        outer = info.dataloader  # a WebLoader: a pipeline around a DataLoader around the dataset's pipeline
+        seeded = 0
+        for stages in [outer.pipeline] + [getattr(s.dataset, 'pipeline', []) for s in outer.pipeline
+                                          if hasattr(s, 'dataset')]:
+            for i, stage in enumerate(stages):
+                if isinstance(stage, FilterFunction) and stage.f is _shuffle:
+                    bufsize, initial = (list(stage.args) + [stage.kw.get('bufsize'), stage.kw.get('initial')])[:2]
+                    stages[i] = oc_data.detshuffle2(bufsize=bufsize, initial=initial, seed=args.seed,
+                                                    epoch=info.shared_epoch)
+                    seeded += 1
+        if not seeded:
+            _logger.warning('open_clip_train.data.get_wds_dataset has no sample shuffle stage to seed; the order '
+                            'of webdataset samples may differ between runs')
+        return info
+    return wrapped
+
+
 class _FusedAdamWOnCpu:
     """``torch.optim`` as open_clip_train's ``main`` sees it, with AdamW's fused kernel on CPU parameters.
 
@@ -154,5 +185,7 @@ def patched_open_clip_train(run, state: Optional[ResumeState] = None):
         # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for
         # a file (KeyError 'fname'); ask for no marker (webdataset < 1.0 behaviour).
         patches.append((oc_data, 'tar_file_expander', _tar_file_expander_without_eof(oc_data.tar_file_expander)))
+        # the samples' shuffle seeded like the shards' (exact reruns and resumption with webdataset input).
+        patches.append((oc_data, 'get_wds_dataset', _seeded_sample_shuffle(oc_data.get_wds_dataset)))
     with _applied(patches):
         yield

@@ -5,14 +5,9 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
-from fault_helpers import FASHION_MNIST, assert_same_weights, killed, litter, load_weights, run_cmd
+from fault_helpers import assert_same_weights, killed, litter, load_weights, run_cmd
 
-# The smallest run that still has every stage and a training stage with two epochs: 100 images in batches of 50.
-KNOBS = ['--quick', '--data', str(FASHION_MNIST), '--train-images', '100', '--test-images', '50',
-         '--energy-images', '16', '--batch-size', '50', '--align-epochs', '2', '--no-bf16-eval', '--no-progress',
-         '--lif-impl', 'spikingjelly']
 TIMES = {'seconds', 'stage_seconds', 'config', 'hub_dir', 'pretrained'}  # wall times and paths of the out folder
 
 # One demo folder, killed again and again with the same command, each time at another point.
@@ -26,9 +21,9 @@ CHAIN = [
 ]
 
 
-def _demo(out: Path):
+def _demo(out: Path, knobs):
     return [sys.executable, '-c', 'import sys; from open_clip_spike.cli import main; sys.exit(main())', 'demo',
-            '--out', str(out), *KNOBS]
+            '--out', str(out), *knobs]
 
 
 def _ok(proc):
@@ -36,28 +31,23 @@ def _ok(proc):
     return proc
 
 
-@pytest.fixture(scope='session')
-def reference_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp('demo-ref') / 'd'
-    _ok(run_cmd(_demo(out)))
-    return out
-
-
 def _summary(out: Path):
     return {k: v for k, v in json.loads((out / 'summary.json').read_text()).items() if k not in TIMES}
 
 
-def test_killed_demo_resumes_exactly(reference_demo, tmp_path, fault_log):
+def test_killed_demo_resumes_exactly(quick_demo, tmp_path, fault_log):
+    """The reference is the session's uninterrupted quick demo (tests/conftest.py), run with the same knobs."""
     out = tmp_path / 'd'
-    for fault, where in CHAIN:
+    for i, (fault, where) in enumerate(CHAIN):
         point, how = fault.rsplit(':', 1)
         fault_log.tried(f'{how.replace("GROUP", "")} at {point}', f'spikeclip demo --quick: {where}')
-        proc = run_cmd(_demo(out), fault=fault)
+        # the first run is a new interpreter; the others are forks of this process (fault_helpers.run_forked)
+        proc = run_cmd(_demo(out, quick_demo.knobs), fault=fault, fork=i > 0)
         assert killed(proc), proc.stdout[-2000:] + proc.stderr[-3000:]
         if how == 'INTGROUP':
             assert 'rerun the same command' in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
-    _ok(run_cmd(_demo(out)))
-    ref = reference_demo
+    _ok(run_cmd(_demo(out, quick_demo.knobs), fork=True))
+    ref = quick_demo.results
     for name in ('teacher', 'align', 'dual'):
         assert_same_weights(load_weights(out / f'{name}.safetensors'), load_weights(ref / f'{name}.safetensors'))
     assert_same_weights(load_weights(out / 'hub' / 'open_clip_model.safetensors'),

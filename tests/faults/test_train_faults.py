@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_helpers import assert_same_weights, killed, litter, load_weights, run_cmd, train_cmd
+from fault_helpers import assert_same_weights, killed, litter, load_weights, run_cmd, run_here, train_cmd
 
 EPOCHS = ('--epochs', '2')
 STEPS = 3  # 12 images, batch 4
@@ -32,9 +32,9 @@ def _last_epoch_losses(run: Path):
 
 @pytest.fixture(scope='session')
 def reference(digits, tmp_path_factory):
-    """One uninterrupted 2-epoch run, shared by every test of the session."""
+    """One uninterrupted 2-epoch run, shared by every test of the session (in this process, see ``run_here``)."""
     logs = tmp_path_factory.mktemp('ref-logs')
-    _ok(run_cmd(train_cmd(digits, logs, 'ref', *EPOCHS)))
+    _ok(run_here(train_cmd(digits, logs, 'ref', *EPOCHS)))
     return logs / 'ref'
 
 
@@ -60,15 +60,16 @@ CHAIN = [
 def test_killed_train_resumes_exactly(digits, reference, tmp_path, fault_log):
     cmd = train_cmd(digits, tmp_path, 'run', *EPOCHS)
     run = tmp_path / 'run'
-    for fault, where in CHAIN:
+    for i, (fault, where) in enumerate(CHAIN):
         fault_log.tried(f'{fault.split(":")[1]} at {fault.split(":")[0]}', f'spikeclip train: {where}')
-        proc = run_cmd(cmd, fault=fault)
+        # the first run is a new interpreter; the others are forks of this process (fault_helpers.run_forked)
+        proc = run_cmd(cmd, fault=fault, fork=i > 0)
         assert killed(proc), proc.stderr[-3000:]
         if fault.endswith(':INT'):
             assert 'rerun the same command' in proc.stderr and 'Traceback' not in proc.stderr
     assert sorted(p.name for p in (run / 'checkpoints').glob('epoch_*.pt')) == ['epoch_1.pt']
     assert 'resuming' in (run / 'out.log').read_text()
-    _ok(run_cmd(cmd))
+    _ok(run_here(cmd))  # the last rerun, uninterrupted
     _check_same(run, reference)
     fault_log.survived()
 
@@ -88,7 +89,7 @@ def test_truncated_latest_checkpoint_is_set_aside(digits, reference, tmp_path, f
     (run / 'checkpoints' / 'epoch_2.safetensors').unlink()
     data = (run / 'checkpoints' / 'epoch_2.pt').read_bytes()
     (run / 'checkpoints' / 'epoch_2.pt').write_bytes(data[:len(data) // 2])
-    proc = _ok(run_cmd(train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--resume', 'latest')))
+    proc = _ok(run_here(train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--resume', 'latest')))
     assert 'is unreadable' in proc.stderr + (run / 'out.log').read_text()
     assert (run / 'checkpoints' / 'epoch_2.pt.corrupt').is_file()  # set aside, with a warning
     (run / 'checkpoints' / 'epoch_2.pt.corrupt').unlink()
@@ -102,15 +103,15 @@ def test_killed_while_teacher_cache_fills(digits, tmp_path, fault_log):
     from open_clip_spike.teacher_cache import TeacherFeatureCache
     fault_log.tried('KILL at cache.shard@3', 'spikeclip train --spike-teacher-cache: batch 2 of the first epoch')
     ref = train_cmd(digits, tmp_path / 'logs', 'ref', *EPOCHS, '--spike-teacher-cache', str(tmp_path / 'cache-ref'))
-    _ok(run_cmd(ref))
+    _ok(run_here(ref))
     cmd = train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--spike-teacher-cache', str(tmp_path / 'cache'))
-    proc = run_cmd(cmd, fault='cache.shard@3:KILL')  # batch 1: image + text shards; batch 2: its image shard
+    proc = run_cmd(cmd, fault='cache.shard@3:KILL', fork=True)  # batch 1: image + text shards; batch 2: its image shard
     assert killed(proc), proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / 'cache').glob('*.safetensors'))
     assert shards == ['image-r0-00000.safetensors', 'image-r0-00001.safetensors', 'text-r0-00000.safetensors']
     fp = json.loads((tmp_path / 'cache' / 'meta.json').read_text())['fingerprint']
     assert TeacherFeatureCache(str(tmp_path / 'cache'), fp).count('image') == 8  # two finished batches of 4
-    _ok(run_cmd(cmd))
+    _ok(run_here(cmd))
     run, reference = tmp_path / 'logs' / 'run', tmp_path / 'logs' / 'ref'
     assert_same_weights(load_weights(run / 'checkpoints' / 'epoch_2.pt'),
                         load_weights(reference / 'checkpoints' / 'epoch_2.pt'))

@@ -1,8 +1,8 @@
 """timm's own model tests (from the installed timm's sdist) pass over this project's models.
 
-Runs ``run_timm_suite.py`` in a subprocess on the SpikeCLIP image towers (one model per family; every registered
-model with ``TIMM_SPIKE_SUITE_MODELS='*'``), without timm's slow prune-at-every-index contract test, which timm
-itself keeps out of its CI (set ``TIMM_SPIKE_SUITE_K=''`` to include it).
+Runs ``run_timm_suite.run`` (timm's tests in a pytest subprocess) on the SpikeCLIP image towers (one model per
+family; every registered model with ``TIMM_SPIKE_SUITE_MODELS='*'``), without timm's slow prune-at-every-index
+contract test, which timm itself keeps out of its CI (set ``TIMM_SPIKE_SUITE_K=''`` to include it).
 """
 import os
 import subprocess
@@ -13,7 +13,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run_timm_suite import default_cache, fetch_sdist_tests, format_table, parse_junit  # noqa: E402
+from run_timm_suite import default_cache, fetch_sdist_tests, format_table, parse_junit, run  # noqa: E402
 
 CI_MODELS = 'spikingformer_clip,spikformer_clip,sdt_clip,qkformer_clip,sew_resnet18_clip'
 CI_KEYWORD = 'not prune_intermediate_layers_contract'
@@ -37,7 +37,7 @@ def test_format_table_counts_per_family(tmp_path):
     assert 'total: 1 passed, 1 skipped, 1 failed' in table
 
 
-def test_timm_model_suite_passes_over_project_models(report):
+def test_timm_model_suite_passes_over_project_models(report, capsys):
     import timm
     try:
         fetch_sdist_tests(timm.__version__, default_cache())
@@ -45,12 +45,11 @@ def test_timm_model_suite_passes_over_project_models(report):
         pytest.skip(f'timm {timm.__version__} sdist could not be fetched from the package index: {e}')
     models = os.environ.get('TIMM_SPIKE_SUITE_MODELS', CI_MODELS)
     keyword = os.environ.get('TIMM_SPIKE_SUITE_K', CI_KEYWORD)
-    proc = subprocess.run(
-        [sys.executable, str(HERE / 'run_timm_suite.py'), '--models', models, '-k', keyword],
-        capture_output=True, text=True, timeout=3600)
-    table = proc.stdout[proc.stdout.find('timm ' + timm.__version__ + ' tests/test_models.py'):]
+    status = run(models, keyword)  # the runner here, timm's tests in their own pytest process
+    out = capsys.readouterr().out
+    table = out[out.find('timm ' + timm.__version__ + ' tests/test_models.py'):]
     report(f"timm {timm.__version__}'s own model tests over this project's models", table)  # printed at the end
-    assert proc.returncode == 0, table + proc.stderr[-3000:]
+    assert status == 0, table
     assert 'total: ' in table and ' 0 failed' in table
     # the only skips are TorchScript's, each with its reason
     skips = [line for line in table.splitlines() if line.startswith('skip ')]

@@ -160,12 +160,14 @@ def _ddp_worker(rank, world_size, port, img, txt, scale, result):
 
 
 def test_alignment_contrastive_gathers_across_ranks():
-    """Two gloo processes, each with half the batch, see the contrastive loss of the whole batch."""
+    """Two gloo processes, each with half the batch, see the contrastive loss of the whole batch. The processes are
+    forks of this one (a spawned process would import torch and open_clip again, 10-15 s here)."""
     import torch.multiprocessing as mp
     img, txt = F.normalize(torch.randn(6, 8), dim=-1), F.normalize(torch.randn(6, 8), dim=-1)
     scale = torch.tensor(5.)
     result = mp.Manager().dict()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), img, txt, scale, result), nprocs=2, join=True)
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), img, txt, scale, result), nprocs=2, join=True,
+                       start_method='fork')
     expected = ClipLoss()(img, txt, scale).item()
     assert result[0] == pytest.approx(expected, rel=1e-5)
     assert result[1] == pytest.approx(expected, rel=1e-5)

@@ -71,19 +71,28 @@ def test_lif_impl_is_a_process_switch_not_model_config():
         create_lif(impl='fused')
 
 
-def test_lif_impl_default_from_environment():
-    import subprocess
-    import sys
-    code = 'import timm_spike; print(timm_spike.get_lif_impl())'
-    run = lambda env: subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                                     env=env)
-    import os
-    base = {k: v for k, v in os.environ.items() if k != 'TIMM_SPIKE_LIF_IMPL'}
-    assert run(base).stdout.strip() == 'auto'  # the default: fused on CPU, spikingjelly on CUDA
-    assert run(dict(base, TIMM_SPIKE_LIF_IMPL='spikingjelly')).stdout.strip() == 'spikingjelly'
-    bad = run(dict(base, TIMM_SPIKE_LIF_IMPL='gpu-magic'))
-    assert bad.returncode != 0
-    assert "ValueError: Unknown LIF implementation in $TIMM_SPIKE_LIF_IMPL: 'gpu-magic'" in bad.stderr
+def test_lif_impl_default_from_environment(monkeypatch):
+    """The default comes from $TIMM_SPIKE_LIF_IMPL when timm_spike is imported (here its config module is
+    re-executed with importlib.reload, in this process: a fresh interpreter per case would cost seconds each)."""
+    import importlib
+
+    import timm_spike
+    from timm_spike.layers import config
+    saved = config.get_lif_impl()
+    try:
+        monkeypatch.delenv(config.LIF_IMPL_ENV, raising=False)
+        importlib.reload(config)
+        assert timm_spike.get_lif_impl() == 'auto'  # the default: fused on CPU, spikingjelly on CUDA
+        monkeypatch.setenv(config.LIF_IMPL_ENV, 'spikingjelly')
+        importlib.reload(config)
+        assert timm_spike.get_lif_impl() == 'spikingjelly'
+        monkeypatch.setenv(config.LIF_IMPL_ENV, 'gpu-magic')
+        with pytest.raises(ValueError, match=r"Unknown LIF implementation in \$TIMM_SPIKE_LIF_IMPL: 'gpu-magic'"):
+            importlib.reload(config)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(config)
+        config.set_lif_impl(saved)
 
 
 def test_auto_dispatch_by_device():

@@ -31,14 +31,15 @@ def test_captioned_csv(tmp_path):
     assert os.path.getmtime(csv) == mtime
 
 
-def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
-    out = tmp_path / 'demo'
-    cfg = DemoConfig.quick(out=str(out), data=FIXTURE, train_images=200, test_images=100, energy_images=32,
-                           batch_size=50, progress=False, bf16_eval=True)
-    summary = run_demo(cfg)
+def test_quick_demo_end_to_end_and_resume(quick_demo, capsys):
+    """The session's quick demo (tests/conftest.py: ``spikeclip demo`` with ``DEMO_KNOBS``), then reruns of it."""
+    out, summary = quick_demo.out, quick_demo.summary
+    # the same settings as DEMO_KNOBS, as the command builds them
+    cfg = DemoConfig.quick(out=str(out), data=FIXTURE, train_images=100, test_images=50, energy_images=16,
+                           batch_size=50, align_epochs=2, bf16_eval=False, progress=False, lif_impl='spikingjelly')
     assert SUMMARY_KEYS <= set(summary)
-    on_disk = json.loads((out / 'summary.json').read_text())
-    assert on_disk['student_top1'] == summary['student_top1'] and on_disk['test_images'] == 100
+    on_disk = json.loads((quick_demo.results / 'summary.json').read_text())
+    assert on_disk['student_top1'] == summary['student_top1'] and on_disk['test_images'] == 50
     for key in ('teacher_top1', 'student_top1'):
         assert 0.0 <= summary[key] <= 1.0
     assert summary['student_energy_mj'] > 0 and summary['teacher_energy_mj'] > 0
@@ -46,24 +47,32 @@ def test_quick_demo_end_to_end_and_resume(tmp_path, capsys):
     assert summary['hub_roundtrip_identical'] is True
     assert (out / 'summary.png').stat().st_size > 10_000
     assert (out / 'hub' / 'open_clip_model.safetensors').is_file() and (out / 'hub' / 'model.safetensors').is_file()
-    assert set(summary['stage_seconds']) == {'data', 'teacher', 'align', 'dual', 'zeroshot_teacher',
-                                             'zeroshot_student', 'zeroshot_teacher_bf16', 'zeroshot_student_bf16',
-                                             'energy', 'publish'}
-    # bf16 autocast inference: reported next to fp32, its time kept out of the run's time target
-    b = summary['bf16_inference']
+    stages = {'data', 'teacher', 'align', 'dual', 'zeroshot_teacher', 'zeroshot_student', 'energy', 'publish'}
+    assert set(summary['stage_seconds']) == stages and 'bf16_inference' not in summary
+    assert summary['seconds'] == pytest.approx(sum(summary['stage_seconds'].values()))
+    assert '[publish] done in' in quick_demo.printed and 'bf16 autocast top-1' not in quick_demo.printed
+
+    # bf16 autocast inference added: only the two bf16 evaluations run, reported next to fp32, their time kept out
+    # of the run's time target
+    cfg = dataclasses.replace(cfg, bf16_eval=True)
+    capsys.readouterr()
+    with_bf16 = run_demo(cfg)
+    log = capsys.readouterr().out
+    assert log.count('done already') == 8 and '[zeroshot_student_bf16] done in' in log
+    assert set(with_bf16['stage_seconds']) == stages | {'zeroshot_teacher_bf16', 'zeroshot_student_bf16'}
+    b = with_bf16['bf16_inference']
     assert b['student_top1_change'] == pytest.approx(b['student_top1'] - summary['student_top1'])
     assert b['teacher_top1_change'] == pytest.approx(b['teacher_top1'] - summary['teacher_top1'])
     assert json.loads((out / 'zeroshot_student_bf16.json').read_text())['precision'] == 'bf16'
-    assert summary['seconds'] == pytest.approx(sum(v for k, v in summary['stage_seconds'].items()
-                                                   if not k.endswith('_bf16')))
-    assert 'bf16 autocast top-1' in capsys.readouterr().out
+    assert with_bf16['seconds'] == pytest.approx(summary['seconds'])
+    assert 'bf16 autocast top-1' in log
 
     # A finished run: every stage is skipped and the summary is the same.
-    capsys.readouterr()
     again = run_demo(cfg)
     log = capsys.readouterr().out
     assert log.count('done already') == 10
     assert again['student_top1'] == summary['student_top1'] and again['seconds'] == summary['seconds']
+    assert again['bf16_inference'] == with_bf16['bf16_inference']
 
     # An interrupted stage 2 (its final weights missing, its epoch checkpoint kept) resumes instead of retraining,
     # and the later stages rerun on its output.

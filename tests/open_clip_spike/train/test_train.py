@@ -212,6 +212,34 @@ def test_stage2_webdataset_from_stage1(digits, stage1):
     assert any(not torch.equal(s1[k], s2[k]) for k in s1 if k.startswith('visual.'))
 
 
+def test_webdataset_sample_order_follows_seed_and_epoch(digits):
+    """open_clip_train shuffles webdataset samples with a seed from the clock; under open_clip_spike.train's patches
+    the order is a function of --seed and the epoch (reruns and resumed runs see the same batches)."""
+    import argparse
+
+    import open_clip_train.data as oc_data
+
+    from open_clip_spike.train.patches import _applied, _seeded_sample_shuffle, _tar_file_expander_without_eof
+    get = _seeded_sample_shuffle(oc_data.get_wds_dataset)
+
+    def order(seed, epoch):
+        args = argparse.Namespace(train_data=str(digits / 'shard-000000.tar'), train_num_samples=N_TRAIN,
+                                  dataset_resampled=False, train_data_upsampling_factors=None, seed=seed,
+                                  workers=0, world_size=1, batch_size=BATCH)
+        info = get(args, lambda im: torch.tensor([float(np.asarray(im).sum())]), True, epoch=epoch,
+                   tokenizer=lambda texts: torch.zeros(len(texts), 1, dtype=torch.long))
+        info.set_epoch(epoch)
+        # (with the patch that lets open_clip_train read webdataset >= 1.0 shards)
+        with _applied([(oc_data, 'tar_file_expander', _tar_file_expander_without_eof(oc_data.tar_file_expander))]):
+            return [v for images, _ in info.dataloader for v in images.flatten().tolist()]
+
+    first = order(0, 0)
+    assert len(first) == N_TRAIN and len(set(first)) == N_TRAIN  # every image once
+    assert order(0, 0) == first  # a new pipeline (a rerun, a resumed run): the same order
+    assert order(0, 1) != first and sorted(order(0, 1)) == sorted(first)  # another epoch: another order
+    assert order(1, 0) != first
+
+
 def _epochs(root, name):
     path = root / 'logs' / name / 'spike_epochs.jsonl'
     return [json.loads(line) for line in path.read_text().splitlines()]
