@@ -169,8 +169,9 @@ def tune_allocator() -> bool:
     through all of them again (the kernel zeroes each new page). Serving them from the heap and not trimming it
     makes SpikeCLIP-Tiny's training step about 1.4x and its inference up to 2.4x faster on a 2-core CPU
     (docs/benchmarks.md); the price is that the process keeps its peak memory until it exits. PyTorch's CPU tuning
-    guide gets the same with jemalloc or tcmalloc; this needs no preload. The ``spikeclip`` commands call it at
-    start; set ``TIMM_SPIKE_TUNE_ALLOCATOR=0`` to keep glibc's defaults. Returns True when the settings are in
+    guide gets the same with jemalloc or tcmalloc; this needs no preload. ``import timm_spike`` calls it (so every
+    ``spikeclip`` command and every Python user of the models runs tuned); set ``TIMM_SPIKE_TUNE_ALLOCATOR=0``
+    before the import to keep glibc's defaults. Returns True when the settings are in
     force (not glibc, or turned off: False). Written by hand: no library offers it.
     """
     global _allocator_tuned

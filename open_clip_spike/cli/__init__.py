@@ -8,12 +8,6 @@ import importlib
 import sys
 from typing import List, Optional
 
-from timm_spike.utils import tune_allocator
-
-# Every command (``spikeclip X`` and ``python -m open_clip_spike.cli.X``) runs with glibc keeping freed tensor
-# memory for reuse: 1.4-2.4x faster spiking training and inference on the CPU (timm_spike.utils.tune_allocator).
-tune_allocator()
-
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     'info': ('open_clip_spike.cli.info', 'build a registered model and print its parameters, T, input and output shapes'),

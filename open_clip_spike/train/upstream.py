@@ -41,6 +41,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from timm_spike.utils import tune_allocator
-    tune_allocator()  # as every spikeclip command (open_clip_spike.cli)
     sys.exit(main())

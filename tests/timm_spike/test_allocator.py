@@ -6,11 +6,13 @@ import sys
 
 import pytest
 
-# In a fresh interpreter: how much the heap grows for a 64 MB tensor, with glibc's defaults,
-# turned off by the environment, then tuned. Prints: tuned?, heap growth (MB); tuned?, growth, tuned again?
+# In a fresh interpreter started with TIMM_SPIKE_TUNE_ALLOCATOR=0: how much the heap grows for a 64 MB tensor with
+# glibc's defaults (the import left them), then tuned. Prints: tuned at import?, heap growth (MB); tuned?, growth,
+# tuned again?
 PROBE = r'''
+import os
 import torch
-from timm_spike.utils import tune_allocator
+from timm_spike import utils
 
 def heap_growth_mb():
     def heap():
@@ -25,21 +27,17 @@ def heap_growth_mb():
     assert int(x.sum()) == 64 << 20
     return grown
 
-import os
-from timm_spike import utils
-os.environ['TIMM_SPIKE_TUNE_ALLOCATOR'] = '0'  # turned off: glibc's defaults stay
-off = tune_allocator()
+off = utils.tune_allocator()  # what the import did: turned off by the environment
 untouched = heap_growth_mb()
 utils._allocator_tuned = None
 del os.environ['TIMM_SPIKE_TUNE_ALLOCATOR']
-ok = tune_allocator()
-print(off, untouched, ok, heap_growth_mb(), tune_allocator())
+ok = utils.tune_allocator()
+print(off, untouched, ok, heap_growth_mb(), utils.tune_allocator())
 '''
 
 
 def _probe():
-    e = dict(os.environ)
-    e.pop('TIMM_SPIKE_TUNE_ALLOCATOR', None)
+    e = dict(os.environ, TIMM_SPIKE_TUNE_ALLOCATOR='0')
     proc = subprocess.run([sys.executable, '-c', PROBE], capture_output=True, text=True, timeout=300, env=e)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.split()
@@ -54,9 +52,9 @@ def test_large_tensors_come_from_the_heap_once_tuned():
     assert int(tuned) >= 48  # tuned: served from the heap
 
 
-def test_commands_run_tuned():
-    """Importing the command package (every ``spikeclip`` command) applies it."""
-    import open_clip_spike.cli  # noqa: F401
+def test_import_runs_tuned():
+    """``import timm_spike`` applies it (so every ``spikeclip`` command and every Python user runs tuned)."""
+    import timm_spike  # noqa: F401
     from timm_spike import utils
     assert utils._allocator_tuned is (platform.libc_ver()[0] == 'glibc' and
                                       os.environ.get('TIMM_SPIKE_TUNE_ALLOCATOR', '1') != '0')
