@@ -58,7 +58,7 @@ def _seed():
 # The smallest demo that still has every stage and a training stage with two epochs: 100 images in batches of 50.
 # spikingjelly's neuron and one thread, as the fault chain's subprocesses run (bit-identical). The bf16 evaluations
 # are added by the end-to-end test's rerun.
-DEMO_KNOBS = ['--quick', '--data', str(Path(__file__).parent / 'fixtures' / 'fashion_mnist'), '--train-images',
+DEMO_KNOBS = ['--quick', '--data', str(_HERE / 'fixtures' / 'fashion_mnist'), '--train-images',
               '100', '--test-images', '50', '--energy-images', '16', '--batch-size', '50', '--align-epochs', '2',
               '--no-bf16-eval', '--no-progress', '--lif-impl', 'spikingjelly']
 DEMO_RESULTS = ('teacher.safetensors', 'align.safetensors', 'dual.safetensors', 'hub/open_clip_model.safetensors',
