@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo demo-quick data test clean
+.PHONY: demo demo-quick data test test-hosts clean
 
 FMNIST = /usr/share/datasets/fashion-mnist
 
@@ -31,6 +31,12 @@ demo-quick: $(STAMP) data
 # start-up, commands in subprocesses), so two files at once keep both cores busy.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
+
+# The hosts' own suites over everything this project registers (CI runs it after `test`; ~12 min on 2 cores):
+# timm's tests/test_models.py over all 22 models and open_clip's tests, training loop included, over every config.
+# `test` runs them on the SpikeCLIP towers and SpikeCLIP-Tiny only, to stay within its 10 minutes.
+test-hosts: $(STAMP)
+	TIMM_SPIKE_SUITE_MODELS='*' SPIKECLIP_HOST_SUITE=full $(PY) -m pytest -q --durations=5 tests/hosts
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 # The fused LIF runs eagerly in the tests (same math; TIMM_SPIKE_FUSED_COMPILE reaches every subprocess too):
@@ -24,7 +25,6 @@ if _workers > 1:
 LONG_FIRST = (  # longest first (measured per file)
     'open_clip_spike/train/test_train.py',
     'faults/test_demo_faults.py',
-    'open_clip_spike/experiments/test_paper.py',
     'faults/test_train_faults.py',
     'open_clip_spike/experiments/test_bench.py',
     'open_clip_spike/experiments/test_ablate.py',
@@ -32,11 +32,13 @@ LONG_FIRST = (  # longest first (measured per file)
     'open_clip_spike/hub/test_hub.py',
     'hosts/test_timm_suite.py',
     'hosts/open_clip/test_open_clip_suite.py',
+    'open_clip_spike/experiments/test_paper.py',
     'open_clip_spike/experiments/test_bench_memory.py',
     'open_clip_spike/experiments/test_demo.py',
     'open_clip_spike/train/test_rate_reg.py',
 )
 _HERE = Path(__file__).parent
+sys.path.insert(0, str(_HERE / 'helpers'))  # the tests' shared helpers (forkrun.py) import by name
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,8 +11,8 @@ from typing import Callable, Dict, Iterator, Optional, Set, Tuple
 
 import torch
 
-__all__ = ['FAULT_ENV', 'ALLOCATOR_ENV', 'atomic_path', 'atomic_write', 'build_on_meta', 'fault_point',
-           'remove_stale_temps', 'temp_prefix', 'tune_allocator']
+__all__ = ['FAULT_ENV', 'ALLOCATOR_ENV', 'atomic_path', 'atomic_write', 'bf16_is_native', 'build_on_meta',
+           'fault_point', 'remove_stale_temps', 'temp_prefix', 'tune_allocator']
 
 _logger = logging.getLogger(__name__)
 
@@ -142,6 +142,14 @@ def fault_point(name: str) -> None:
         os.killpg(os.getpgid(0), sig)
     else:
         os.kill(os.getpid(), sig)  # SIGINT: KeyboardInterrupt at the next bytecode of the main thread
+
+
+def bf16_is_native() -> bool:
+    """True when bf16 autocast on this CPU runs on oneDNN's bf16 kernels (AVX-512 and newer), not emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def build_on_meta(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:

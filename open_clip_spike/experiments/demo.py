@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from timm_spike.energy.plot import save_figure
-from timm_spike.utils import atomic_path, atomic_write
+from timm_spike.utils import atomic_path, atomic_write, bf16_is_native
 
 __all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'bf16_is_native']
 
@@ -436,14 +436,6 @@ def validate_config(cfg: DemoConfig) -> None:
         raise FileNotFoundError(f'--teacher-pretrained {cfg.teacher_pretrained}: no such file')
     if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
         raise ValueError(f'--out {cfg.out} is a file; it must be a folder')
-
-
-def bf16_is_native() -> bool:
-    """True when bf16 autocast on this CPU runs on oneDNN's bf16 kernels (AVX-512 and newer), not emulated."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def run_demo(cfg: DemoConfig) -> Dict[str, Any]:

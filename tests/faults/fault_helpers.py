@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+import forkrun  # tests/helpers/forkrun.py (the root conftest puts tests/helpers on the path)
+
 ROOT = Path(__file__).parents[2]
 FIXTURES_TRAIN = ROOT / 'tests' / 'open_clip_spike' / 'train' / 'fixtures_train'
 FASHION_MNIST = ROOT / 'tests' / 'fixtures' / 'fashion_mnist'
@@ -23,96 +25,16 @@ def run_cmd(cmd: List[str], fault: Optional[str] = None, timeout: float = 600, c
             env: Optional[Dict[str, str]] = None, fork: bool = False) -> subprocess.CompletedProcess:
     """Run a command in its own process group (so a ``...GROUP`` fault hits only it), optionally with a fault.
 
-    ``fork=True``: the process is a fork of this one (``run_forked``), not a new interpreter."""
+    ``fork=True``: the process is a fork of this one (``forkrun.run_forked``), not a new interpreter."""
     e = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', TIMM_SPIKE_LIF_IMPL='spikingjelly',
              **(env or {}))
     e.pop('SPIKECLIP_FAULT', None)
     if fault:
         e['SPIKECLIP_FAULT'] = fault
     if fork:
-        return run_forked(cmd, e, cwd or ROOT, timeout)
+        return forkrun.run_forked(cmd, e, cwd or ROOT, timeout)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=e, cwd=cwd or ROOT,
                           start_new_session=True)
-
-
-def run_forked(cmd: List[str], env: Dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """``cmd`` (``python -m MODULE ARGS`` or ``python -c CODE ARGS``) in a forked child of this process: a real
-    process in its own session, killed by the faults as a new interpreter would be, with ``env`` and ``cwd``, one
-    torch thread per ``OMP_NUM_THREADS`` and the LIF implementation of ``$TIMM_SPIKE_LIF_IMPL``, without the 10-15 s
-    of imports a new interpreter pays here (torch, torchvision, timm, open_clip). The module runs as ``python -m``
-    runs it (runpy, ``__main__``). Written by hand: pytest-forked forks whole tests, not commands."""
-    import tempfile
-    import time
-    assert cmd[0] == sys.executable and cmd[1] in ('-m', '-c'), cmd[:2]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 1
-            try:
-                os.setsid()
-                signal.signal(signal.SIGINT, signal.default_int_handler)
-                os.dup2(out.fileno(), 1)
-                os.dup2(err.fileno(), 2)
-                sys.stdout = open(1, 'w', buffering=1, closefd=False)
-                sys.stderr = open(2, 'w', buffering=1, closefd=False)
-                code = _child(cmd, env, cwd)
-            except SystemExit as ex:
-                code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
-            except KeyboardInterrupt:
-                code = 128 + signal.SIGINT
-            except BaseException:  # noqa: B902 - reported as a crashed interpreter would
-                import traceback
-                traceback.print_exc()
-            finally:
-                for stream in (sys.stdout, sys.stderr):
-                    try:
-                        stream.flush()
-                    except Exception:
-                        pass
-                os._exit(code)
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.killpg(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise subprocess.TimeoutExpired(cmd, timeout)
-            time.sleep(0.05)
-        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, rc, out.read().decode(errors='replace'),
-                                           err.read().decode(errors='replace'))
-
-
-def _child(cmd: List[str], env: Dict[str, str], cwd: Path) -> int:
-    """The forked child's command: this process's state reset to what a new interpreter would have."""
-    import logging
-    import runpy
-    import warnings
-
-    from timm_spike import set_lif_impl
-    from timm_spike import utils
-    os.chdir(cwd)
-    os.environ.clear()
-    os.environ.update(env)
-    torch.set_num_threads(int(env.get('OMP_NUM_THREADS', '1')))
-    set_lif_impl(env.get('TIMM_SPIKE_LIF_IMPL', 'auto'))
-    utils._fault_hits.clear()
-    if env.get('PYTHONWARNINGS') == 'ignore':
-        warnings.simplefilter('ignore')
-    for h in list(logging.root.handlers):  # pytest's capture handlers
-        logging.root.removeHandler(h)
-    logging.root.setLevel(logging.WARNING)
-    if cmd[1] == '-m':
-        sys.argv = [cmd[2], *cmd[3:]]
-        runpy.run_module(cmd[2], run_name='__main__', alter_sys=True)
-    else:
-        sys.argv = ['-c', *cmd[3:]]
-        exec(compile(cmd[2], '<string>', 'exec'), {'__name__': '__main__'})
-    return 0
 
 
 def run_here(cmd: List[str]) -> subprocess.CompletedProcess:

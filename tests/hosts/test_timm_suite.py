@@ -1,8 +1,10 @@
 """timm's own model tests (from the installed timm's sdist) pass over this project's models.
 
-Runs ``run_timm_suite.run`` (timm's tests in a pytest subprocess) on the SpikeCLIP image towers (one model per
-family; every registered model with ``TIMM_SPIKE_SUITE_MODELS='*'``), without timm's slow prune-at-every-index
-contract test, which timm itself keeps out of its CI (set ``TIMM_SPIKE_SUITE_K=''`` to include it).
+Runs ``run_timm_suite.run`` (timm's tests in a pytest subprocess) on the SpikeCLIP image towers, one per family
+(``make test``); ``TIMM_SPIKE_SUITE_MODELS='*'`` runs every registered model (``make test-hosts``, CI's second
+step: 22 models take 5 minutes on two threads, over 9 on the one thread a ``make test`` worker has). timm's slow
+prune-at-every-index contract test is left out, as timm keeps it out of its own CI (``TIMM_SPIKE_SUITE_K=''``
+includes it).
 """
 import os
 import subprocess

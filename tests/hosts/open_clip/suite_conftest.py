@@ -8,8 +8,9 @@ into this repository). It
 - keeps ``test_inference_with_data`` for the SpikeCLIP configs (the runner makes their reference outputs first,
   in another process, with open_clip's ``util_test.create_test_data``);
 - runs the training-loop tests of ``test_training_simple.py`` on each SpikeCLIP config: their ``main([...])``
-  call is run with ``--model <config>`` instead of the ANN each test names, everything else unchanged, and
-  ``test_training`` once more with ``--grad-checkpointing``;
+  call is run with ``--model <config>`` instead of the ANN each test names, and ``test_training`` once more with
+  ``--grad-checkpointing``; on a CPU without native bf16 with ``--precision fp32`` (``default_precision``, what
+  ``spikeclip train`` does there: the tests' default ``amp`` would emulate bf16), everything else unchanged;
 - makes two of open_clip's silent fallbacks fail or skip loudly: a tower that refuses ``set_grad_checkpointing``
   (open_clip logs a warning and goes on) fails the grad-checkpointing run, and ``--torchscript`` (open_clip
   catches the scripting error and trains unscripted) is skipped with the reason scripting fails;
@@ -32,6 +33,7 @@ import torch
 import open_clip
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP configs with open_clip)
 from open_clip_spike import list_spikeclip_models
+from open_clip_spike.train.main import default_precision
 
 torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or max(1, min(2, os.cpu_count() or 1))))
 
@@ -57,7 +59,12 @@ TRAINING_TESTS = {
 GRAD_CHECKPOINTING = 'grad-checkpointing'
 
 # (test pattern, model pattern) -> reason: what cannot apply to a SpikeCLIP config.
-SKIPS: Dict[tuple, str] = {}
+SKIPS: Dict[tuple, str] = {
+    ('test_training_mt5', 'SpikeCLIP-DemoTeacher'):
+        "the ANN teacher's text tower is open_clip's own TextTransformer, whose lock() asserts freeze_layer_norm "
+        "('Unfreezing LayerNorm is not supported'), which the test (written for an HF text tower, mt5) does not "
+        "pass; it fails the same on open_clip's own CLIP configs",
+}
 
 _GC_REFUSED = 'grad checkpointing not supported'
 
@@ -123,7 +130,10 @@ def _replace_model(argv: List[str], model: str, variant: str, logs: Path) -> Lis
     argv += ['--logs', str(logs)]  # a fresh folder: open_clip_train refuses (and returns) on an existing run name
     if variant == GRAD_CHECKPOINTING:
         argv.append('--grad-checkpointing')
-    return argv
+    # The tests give no --precision, so open_clip_train trains under its default amp: bf16 autocast on a CPU,
+    # emulated where the CPU has no native bf16 (AVX2), 10-20x slower than fp32 for the convolutional towers. There,
+    # like `spikeclip train`, they run in fp32 (amp is tested by this project's own torchrun test).
+    return default_precision(argv)
 
 
 class _WarningCatcher(logging.Handler):

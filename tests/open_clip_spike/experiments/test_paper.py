@@ -20,6 +20,7 @@ import open_clip
 import pytest
 import torch
 
+import forkrun  # tests/helpers/forkrun.py
 import open_clip_spike  # noqa: F401
 from open_clip_spike.cli.paper import main as paper_main
 from open_clip_spike.experiments import paper
@@ -262,9 +263,14 @@ def _env(root, **extra):
     return env
 
 
-def _sh(script, *args, env, ok=True):
-    proc = subprocess.run(['bash', str(RECIPES / script), *map(str, args)], env=env, cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+def _sh(script, *args, env, ok=True, fork=False):
+    """Run a recipe; ``fork=True``: its ``$PYTHON`` commands run in forks of this process (``forkrun.run_script``)
+    instead of new interpreters, 10-15 s of imports each."""
+    cmd = ['bash', str(RECIPES / script), *map(str, args)]
+    if fork:
+        proc = forkrun.run_script(cmd, env=env, cwd=REPO, timeout=600)
+    else:
+        proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     if ok:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return proc
@@ -272,7 +278,8 @@ def _sh(script, *args, env, ok=True):
 
 @pytest.fixture(scope='module')
 def recipes_run(tmp_path_factory):
-    """Runs stage2_teacher.sh, stage1.sh (ImageNet-style), stage2.sh and label_eval.sh on an ImageFolder fake."""
+    """Runs stage2_teacher.sh, stage1.sh (ImageNet-style), stage2.sh and label_eval.sh on an ImageFolder fake, their
+    Python commands in forks of this process (the refusal and dry-run tests below start real interpreters)."""
     from PIL import Image
     from safetensors.torch import save_file
     root = tmp_path_factory.mktemp('recipes')
@@ -288,15 +295,16 @@ def recipes_run(tmp_path_factory):
     tiny = dict(CLASSNAMES='fashion_mnist', TEMPLATES='fashion_mnist', VAL_FRACTION=0.2)
     out = {}
     out['teacher'] = _sh('stage2_teacher.sh', root / 'fm', env=_env(
-        root, **tiny, TEACHER_EPOCHS=1, TEACHER_BATCH=8, TEACHER_WARMUP=0))
+        root, **tiny, TEACHER_EPOCHS=1, TEACHER_BATCH=8, TEACHER_WARMUP=0), fork=True)
     out['stage1'] = _sh('stage1.sh', env=_env(
         root, **tiny, DATA='imagenet', IMAGENET_TRAIN=root / 'fm' / 'train', IMAGENET_VAL=root / 'fm' / 'test',
-        EPOCHS=1, BATCH=10, ZS_FREQ=1))
+        EPOCHS=1, BATCH=10, ZS_FREQ=1), fork=True)
     out['stage2'] = _sh('stage2.sh', root / 'fm', env=_env(
         root, **tiny, STAGE1=root / 'runs' / 'stage1-imagenet' / 'checkpoints' / 'epoch_1.safetensors',
-        TEACHER_EPOCHS=1, EPOCHS=2, SAVE_FREQ=1, BATCH=8))
+        TEACHER_EPOCHS=1, EPOCHS=2, SAVE_FREQ=1, BATCH=8), fork=True)
     out['labels'] = _sh('label_eval.sh', root / 'fm', env=_env(
-        root, CLASSNAMES='cifar10', MODEL_CKPT=root / 'runs' / 'stage2-fm' / 'checkpoints' / 'best.safetensors'))
+        root, CLASSNAMES='cifar10', MODEL_CKPT=root / 'runs' / 'stage2-fm' / 'checkpoints' / 'best.safetensors'),
+        fork=True)
     return root, out
 
 

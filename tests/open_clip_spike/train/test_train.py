@@ -418,3 +418,20 @@ def test_input_adapter_resizes_renormalises_pads_and_labels():
     out = student.train()(as_loaded, text)
     assert student.seen[1] is None  # stage 2 skips the text tower in training
     assert out['labels'].tolist() == [2, 6]
+
+
+@pytest.mark.parametrize('argv, cuda, native, added', [
+    ([], False, False, True),                                     # CPU without native bf16: fp32 by default
+    (['--device', 'cpu'], True, False, True),                     # asked for the CPU on a machine with a GPU
+    (['--device=cpu'], True, False, True),
+    ([], True, False, False),                                     # GPU: open_clip_train's amp
+    (['--device', 'cuda:1'], False, False, False),
+    ([], False, True, False),                                     # native bf16 (AVX-512 / AMX): amp stays
+    (['--precision', 'amp'], False, False, False),                # asked for: never overridden
+    (['--precision=amp_bf16'], False, False, False),
+])
+def test_default_precision_is_fp32_where_amp_is_emulated(monkeypatch, argv, cuda, native, added):
+    train_main = importlib.import_module('open_clip_spike.train.main')
+    monkeypatch.setattr(train_main.torch.cuda, 'is_available', lambda: cuda)
+    monkeypatch.setattr(train_main, 'bf16_is_native', lambda: native)
+    assert train_main.default_precision(list(argv)) == argv + (['--precision', 'fp32'] if added else [])
