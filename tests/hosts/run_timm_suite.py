@@ -111,6 +111,7 @@ def run(models: str = '', keyword: str = '', cache: Optional[Path] = None, extra
     env['PYTHONPATH'] = os.pathsep.join([str(REPO)] + [p for p in env.get('PYTHONPATH', '').split(os.pathsep) if p])
     cmd = [sys.executable, '-m', 'pytest', 'test_models.py', '-q', '-p', 'no:cacheprovider', '--rootdir', str(tests),
            '-W', 'ignore::pytest.PytestUnknownMarkWarning', f'--junitxml={junit}', '-o', 'addopts=',
+           '-o', 'tmp_path_retention_policy=failed',  # passed tests leave no folders behind
            *(['-k', keyword] if keyword else []), *extra]
     proc = subprocess.run(cmd, cwd=tests, env=env, timeout=timeout)
     if not junit.exists():

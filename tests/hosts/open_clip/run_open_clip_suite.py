@@ -175,6 +175,7 @@ def run(models: str = '', train_models: str = '', keyword: str = '', cache: Opti
     junit = tests / f'.junit-{os.getpid()}.xml'
     cmd = [sys.executable, '-m', 'pytest', '.', '-q', '-p', 'no:cacheprovider', '--rootdir', str(tests),
            '-W', 'ignore::pytest.PytestUnknownMarkWarning', f'--junitxml={junit}', '-o', 'addopts=',
+           '-o', 'tmp_path_retention_policy=failed',  # each training test saves a checkpoint with optimizer state
            *(['-k', keyword] if keyword else []), *extra]
     proc = subprocess.run(cmd, cwd=tests, env=env, timeout=timeout, capture_output=True, text=True)
     if not junit.exists():
