@@ -11,7 +11,6 @@ Usage::
 Exit status: 0 when nothing failed, 1 on test failures, 2 when the suite could not be fetched or run.
 """
 import argparse
-import fnmatch
 import os
 import shutil
 import subprocess
