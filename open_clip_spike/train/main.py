@@ -607,10 +607,11 @@ def _validate_numbers_and_paths(cfg: SpikeTrainConfig, a: argparse.Namespace) ->
 
 
 def default_precision(rest: List[str]) -> List[str]:
-    """open_clip_train's options with ``--precision fp32`` added when none is given and the run is on a CPU without
-    native bf16: open_clip_train's default ``amp`` is bf16 autocast there, emulated and many times slower than fp32
-    (a SpikeCLIP-SEWResNet-18 step of batch 4 at 32x32: 20 s under it, 1.5 s in fp32, AVX2). Elsewhere, and with
-    ``--precision`` given, the options are returned unchanged."""
+    """open_clip_train's options with ``--precision fp32`` put first when none is given and the run is on a CPU
+    without native bf16: open_clip_train's default ``amp`` is bf16 autocast there, emulated and many times slower
+    than fp32 (a SpikeCLIP-SEWResNet-18 step of batch 4 at 32x32: 20 s under it, 1.5 s in fp32, AVX2). Elsewhere,
+    and with ``--precision`` given, the options are returned unchanged. Put first, not last, so that a precision
+    argparse still reads from a later option (an abbreviation such as ``--prec amp``) wins over it."""
     if any(r == '--precision' or r.startswith('--precision=') for r in rest):
         return rest
     device = next((rest[i + 1] for i, r in enumerate(rest[:-1]) if r == '--device'), None)
@@ -620,7 +621,7 @@ def default_precision(rest: List[str]) -> List[str]:
         return rest
     _logger.info('--precision fp32: open_clip_train\'s default amp would emulate bfloat16 on this CPU '
                  '(pass --precision amp to keep it)')
-    return rest + ['--precision', 'fp32']
+    return ['--precision', 'fp32'] + rest
 
 
 def main(argv: Optional[List[str]] = None) -> int:

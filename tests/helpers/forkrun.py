@@ -34,10 +34,9 @@ def run_forked(cmd: List[str], env: Dict[str, str], cwd: Path, timeout: float) -
     """``cmd`` (``python -m MODULE ARGS`` or ``python -c CODE ARGS``) in a forked child of this process: a real
     process in its own session, killed by signals as a new interpreter would be, with ``env`` and ``cwd``; its
     output is captured."""
-    _check_cmd(cmd)
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, open(os.devnull, 'rb') as null:
         pid = _fork_command(cmd, env, cwd, (null.fileno(), out.fileno(), err.fileno()))
-        rc = _wait(pid, time.monotonic() + timeout, cmd)
+        rc = _wait(pid, time.monotonic() + timeout, cmd, timeout)
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(cmd, rc, out.read().decode(errors='replace'),
@@ -69,7 +68,7 @@ def run_script(cmd: Sequence[str], env: Dict[str, str], cwd: Path, timeout: floa
                         if sel.select(timeout=0.05):
                             conn, _ = server.accept()
                             with conn:
-                                _serve(conn, deadline)
+                                _serve(conn, deadline, timeout)
             finally:
                 if proc.poll() is None:
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -108,8 +107,9 @@ sys.exit(rc)
 '''
 
 
-def _serve(conn: socket.socket, deadline: float) -> None:
-    """One stand-in call: receive its command and stdio, run it in a fork, send back the exit status."""
+def _serve(conn: socket.socket, deadline: float, timeout: float) -> None:
+    """One stand-in call: receive its command and stdio, run it in a fork, send back the exit status (the script's
+    ``timeout`` and its ``deadline`` bound the fork too)."""
     head, fds, _, _ = socket.recv_fds(conn, 4, 3)
     try:
         head += _recv_exactly(conn, 4 - len(head))
@@ -118,7 +118,7 @@ def _serve(conn: socket.socket, deadline: float) -> None:
     finally:
         for fd in fds:
             os.close(fd)
-    rc = _wait(pid, deadline, req['cmd'], conn)
+    rc = _wait(pid, deadline, req['cmd'], timeout, conn)
     conn.sendall(struct.pack('!i', rc))
 
 
@@ -132,13 +132,9 @@ def _recv_exactly(conn: socket.socket, n: int) -> bytes:
     return data
 
 
-def _check_cmd(cmd: Sequence[str]) -> None:
-    assert cmd[0] == sys.executable and cmd[1] in ('-m', '-c'), cmd[:2]
-
-
 def _fork_command(cmd: List[str], env: Dict[str, str], cwd: Path, stdio: Sequence[int]) -> int:
     """Fork; the child runs ``cmd`` with ``stdio`` as its fds 0, 1, 2 and never returns into pytest."""
-    _check_cmd(cmd)
+    assert cmd[0] == sys.executable and cmd[1] in ('-m', '-c'), cmd[:2]
     pid = os.fork()
     if pid:
         return pid
@@ -168,9 +164,11 @@ def _fork_command(cmd: List[str], env: Dict[str, str], cwd: Path, stdio: Sequenc
         os._exit(code)
 
 
-def _wait(pid: int, deadline: float, cmd: Sequence[str], peer: Optional[socket.socket] = None) -> int:
-    """Wait for the forked command; kill its process group past the deadline or when ``peer`` (the stand-in
-    interpreter's connection) closes. Returns the exit status as ``subprocess`` gives it (-N: killed by signal N)."""
+def _wait(pid: int, deadline: float, cmd: Sequence[str], timeout: float,
+          peer: Optional[socket.socket] = None) -> int:
+    """Wait for the forked command; kill its process group past the deadline (``subprocess.TimeoutExpired`` with
+    ``timeout``) or when ``peer`` (the stand-in interpreter's connection) closes. Returns the exit status as
+    ``subprocess`` gives it (-N: killed by signal N)."""
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
@@ -181,7 +179,7 @@ def _wait(pid: int, deadline: float, cmd: Sequence[str], peer: Optional[socket.s
             os.waitpid(pid, 0)
             if gone:
                 return -signal.SIGKILL
-            raise subprocess.TimeoutExpired(cmd, 0)
+            raise subprocess.TimeoutExpired(cmd, timeout)
         time.sleep(0.05)
 
 

@@ -434,4 +434,13 @@ def test_default_precision_is_fp32_where_amp_is_emulated(monkeypatch, argv, cuda
     train_main = importlib.import_module('open_clip_spike.train.main')
     monkeypatch.setattr(train_main.torch.cuda, 'is_available', lambda: cuda)
     monkeypatch.setattr(train_main, 'bf16_is_native', lambda: native)
-    assert train_main.default_precision(list(argv)) == argv + (['--precision', 'fp32'] if added else [])
+    assert train_main.default_precision(list(argv)) == (['--precision', 'fp32'] if added else []) + argv
+
+
+def test_default_precision_leaves_an_abbreviated_precision_to_the_user(monkeypatch):
+    from open_clip_train.params import parse_args
+    train_main = importlib.import_module('open_clip_spike.train.main')
+    monkeypatch.setattr(train_main.torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(train_main, 'bf16_is_native', lambda: False)
+    assert parse_args(train_main.default_precision(['--prec', 'amp'])).precision == 'amp'
+    assert parse_args(train_main.default_precision([])).precision == 'fp32'
