@@ -48,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from timm_spike.layers import StatelessLIFNode, get_lif_impl, lif_impl, set_lif_impl
 from timm_spike.layers.fused_lif import FusedLIFParams, fused_compile_enabled, fused_params_from_node
 
-__all__ = ['BenchConfig', 'run_bench', 'build_bench_model', 'bench_model', 'bench_model_isolated', 'peak_train_memory', 'peak_train_memory_many',
+__all__ = ['BenchConfig', 'run_bench', 'median_interval', 'build_bench_model', 'bench_model', 'bench_model_isolated', 'peak_train_memory', 'peak_train_memory_many',
            'measure_gemm_peak', 'count_flops', 'profile_step', 'measure_compile_cost', 'probe_compile',
            'to_markdown']
 
@@ -311,7 +311,8 @@ class LoadMonitor:
 
 
 def machine_info(threads: int, device: str) -> Dict[str, Any]:
-    import spikingjelly
+    import importlib.metadata
+
     import timm
     cpu = platform.processor() or platform.machine()
     try:
@@ -322,7 +323,7 @@ def machine_info(threads: int, device: str) -> Dict[str, Any]:
     info = dict(
         cpu=cpu, cpu_count=os.cpu_count(), torch_threads=threads, platform=platform.platform(),
         python=platform.python_version(), torch=torch.__version__, timm=timm.__version__,
-        spikingjelly=getattr(spikingjelly, '__version__', 'unknown'), device=device,
+        spikingjelly=importlib.metadata.version('spikingjelly'), device=device,  # the package has no __version__
         fused_compiled=fused_compile_enabled(),
     )
     if device.startswith('cuda'):
@@ -374,6 +375,26 @@ def _timed_rounds(calls: Dict[str, Callable[[], None]], repeats: int, warmup: in
         v['median_s'] = statistics.median(v['times'])
         v['median_faults_mb'] = statistics.median(v['faults_mb'])
     return out
+
+
+def median_interval(values: Sequence[float], level: float = 0.9) -> Tuple[float, float]:
+    """A distribution-free interval that holds the median of ``values``' population with at least ``level``.
+
+    The order statistics ``x_(k)`` and ``x_(n+1-k)`` for the largest k with ``P(Binomial(n, 1/2) < k) <=
+    (1 - level) / 2`` (sign-test interval; no assumption on the distribution of the timings). Below 5 values
+    no k reaches 90%: the range is returned, which then holds the median with less than ``level``.
+    """
+    xs = sorted(values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError('median_interval needs at least one value')
+    k, below = 1, 0.0
+    while k < (n + 1) // 2:
+        below += math.comb(n, k - 1) / 2 ** n  # P(Binomial(n, 1/2) <= k - 1)
+        if below + math.comb(n, k) / 2 ** n > (1 - level) / 2:
+            break
+        k += 1
+    return xs[k - 1], xs[n - k]
 
 
 def _variants(cfg: BenchConfig) -> List[Tuple[int, str]]:
@@ -489,6 +510,16 @@ def bench_model(name: str, cfg: BenchConfig) -> Dict[str, Any]:
                 row.update(train_overhead_fair=t / train[fair]['median_s'],
                            infer_overhead_fair=i / infer[fair]['median_s'],
                            latency_overhead_fair=l / lat[fair]['median_s'])
+            # The same overheads round by round: each call over its baseline timed in the same round, a few
+            # seconds apart, so a slow patch of the machine cancels in the ratio; median and a distribution-free
+            # interval of the median (the spread a re-run would show).
+            for kind, timed in (('train', train), ('infer', infer), ('latency', lat)):
+                for suffix, base, scale in (('', (1, ANN), T), ('_fair', fair, 1)):
+                    if base in timed:
+                        ratios = [s / (scale * b) for s, b in zip(timed[k]['times'], timed[base]['times'])]
+                        row[f'{kind}_overhead{suffix}_rounds'] = ratios
+                        row[f'{kind}_overhead{suffix}_paired'] = statistics.median(ratios)
+                        row[f'{kind}_overhead{suffix}_ci'] = list(median_interval(ratios))
         if k in flops:
             row.update(train_gflop=flops[k]['train'] / 1e9, infer_gflop=flops[k]['infer'] / 1e9,
                        train_gflops=flops[k]['train'] / t / 1e9, infer_gflops=flops[k]['infer'] / i / 1e9)
@@ -1004,6 +1035,15 @@ def _why_below_peak(profile: Dict[str, Any], peak: Optional[float]) -> str:
     return '; '.join(parts)
 
 
+def _overhead_cell(row: Dict[str, Any], key: str) -> str:
+    """The round-by-round median and its interval where measured (``1.03 (0.99-1.06)``), else the ratio of
+    medians."""
+    if row.get(f'{key}_paired') is None:
+        return fmt_value(row.get(key))
+    lo, hi = row[f'{key}_ci']
+    return f"{row[f'{key}_paired']:.2f} ({lo:.2f}-{hi:.2f})"
+
+
 def to_markdown(result: Dict[str, Any]) -> str:
     """The report as Markdown: machine, load and GEMM peak, then per model a speed table, a compute table and
     the profile of one step, then the compile cost of the fused neuron."""
@@ -1047,9 +1087,9 @@ def to_markdown(result: Dict[str, Any]) -> str:
                   if r.get('ckpt_memory_cut') is not None else '-')
             lines.append(
                 f"| {_variant_label(r['impl'], r['batch_size'])} | {r['T']} | {fmt_value(r['train_img_s'], '.1f')} "
-                f"| {fmt_value(r.get('train_overhead'))} | {fmt_value(r.get('train_overhead_fair'))} "
-                f"| {fmt_value(r['infer_img_s'], '.1f')} | {fmt_value(r.get('infer_overhead'))} "
-                f"| {fmt_value(r.get('infer_overhead_fair'))} | {fmt_value(r['latency_b1_ms'], '.1f')} "
+                f"| {_overhead_cell(r, 'train_overhead')} | {_overhead_cell(r, 'train_overhead_fair')} "
+                f"| {fmt_value(r['infer_img_s'], '.1f')} | {_overhead_cell(r, 'infer_overhead')} "
+                f"| {_overhead_cell(r, 'infer_overhead_fair')} | {fmt_value(r['latency_b1_ms'], '.1f')} "
                 f"| {fmt_value(r.get('peak_train_mb'), '.0f')} | {fmt_value(r.get('memory_vs_ann'))} | {ck} |")
         if any('train_gflop' in r for r in rows):
             lines += ['', '| variant | T | train GFLOP/step | train GFLOP/s | of peak | infer GFLOP/batch '
@@ -1106,7 +1146,9 @@ def to_markdown(result: Dict[str, Any]) -> str:
         lines += ['', 'Each T was timed in its own fresh process with the ANN at batch B and T x B beside it; its '
                       'overheads are against the ANN timed there (the ANN row above is the first process\'s).']
     lines += ['', 'overhead = SNN time / (T x ANN time at batch B); fair = SNN time / ANN time at batch T x B (the '
-                  'same activations, one optimizer step); memory = peak extra memory of a training step; of peak = '
+                  'same activations, one optimizer step), each the median over the rounds of the ratio of two calls '
+                  'timed in the same round, with a distribution-free interval that holds the median with at least '
+                  '90% (with 7 rounds or fewer, their range); memory = peak extra memory of a training step; of peak = '
                   'GFLOP/s achieved / the dense GEMM peak above (FLOPs by torch FlopCounterMode: matmuls and '
                   'convolutions, forward and backward); fresh memory touched = minor page faults of the timed call '
                   '(memory the allocator took from the kernel anew, which the kernel zeroes first).']

@@ -9,6 +9,9 @@ round; after the warm-up rounds each call is timed with the wall clock and the m
     overhead      = SNN step / (T x ANN step at batch B)
     fair overhead = SNN step / ANN step at batch T x B   (same activations, one optimizer step)
 
+and the same two ratios taken round by round (the calls of one round run seconds apart, so a slow patch of a
+shared machine cancels), as a median with the interval that holds it with at least 90% (sign test).
+
 The ANN is built by hand here on purpose, so that the check shares nothing with ``spikeclip bench`` but the model.
 ``spikeclip bench --models spikingformer_clip --T 4 --impls fused --optimizer sgd`` should agree with it within the
 spread this script prints (recipes/bench/run_cpu.sh runs both).
@@ -18,6 +21,7 @@ spread this script prints (recipes/bench/run_cpu.sh runs both).
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -42,6 +46,15 @@ def build(model_name: str, T: int):
         if isinstance(vars(module).get('T'), int):
             module.T = 1
     return snn, ann
+
+
+def sign_test_interval(xs):
+    """Median of the per-round ratios and the sign-test interval of that median (order statistics r and n+1-r
+    with the largest r whose binomial tail stays within 5% on each side; the range when there are under 5)."""
+    xs, n = sorted(xs), len(xs)
+    tail = lambda r: sum(math.comb(n, j) for j in range(r)) / 2 ** n  # P(Binomial(n, 1/2) <= r - 1)
+    r = max([1] + [r for r in range(1, n // 2 + 1) if tail(r) <= 0.05])
+    return dict(median=statistics.median(xs), low=xs[r - 1], high=xs[n - r], n=n)
 
 
 def main() -> None:
@@ -90,15 +103,20 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     per_round = [s / (args.T * a) for s, a in zip(times['snn'], times['ann_B'])]
     per_round_fair = [s / a for s, a in zip(times['snn'], times['ann_TxB'])]
+    paired, paired_fair = sign_test_interval(per_round), sign_test_interval(per_round_fair)
     result = dict(
         model=args.model, T=args.T, batch_size=args.batch_size, threads=args.threads, optimizer=args.optimizer,
         lr=lr, flush_denormal=args.flush_denormal, times_s=times, median_s=med,
         overhead=med['snn'] / (args.T * med['ann_B']), overhead_fair=med['snn'] / med['ann_TxB'],
         overhead_per_round=per_round, overhead_fair_per_round=per_round_fair,
+        overhead_paired=paired, overhead_fair_paired=paired_fair,
         loadavg_before=load_before, loadavg_after=os.getloadavg())
     print(f"{args.model} T={args.T} batch {args.batch_size}, {args.threads} threads, {args.optimizer} lr {lr}: "
           f"ANN(B) {med['ann_B']:.3f} s, ANN(TxB) {med['ann_TxB']:.3f} s, SNN {med['snn']:.3f} s (medians of "
           f"{args.rounds})")
+    print(f"round by round (median, interval holding it with >= 90%): vs T x ANN(B) {paired['median']:.3f} "
+          f"({paired['low']:.3f}-{paired['high']:.3f}); vs ANN(TxB) {paired_fair['median']:.3f} "
+          f"({paired_fair['low']:.3f}-{paired_fair['high']:.3f})")
     print(f"overhead vs T x ANN(B): {result['overhead']:.3f} (per round {min(per_round):.3f}-{max(per_round):.3f}); "
           f"vs ANN(TxB): {result['overhead_fair']:.3f} (per round {min(per_round_fair):.3f}-{max(per_round_fair):.3f}); "
           f"load average {load_before[0]:.2f} -> {result['loadavg_after'][0]:.2f}")

@@ -1,4 +1,5 @@
 """`spikeclip bench --quick` runs end to end and its numbers are consistent with each other."""
+import importlib.metadata
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -19,6 +20,7 @@ def test_quick_bench_writes_consistent_report(tmp_path):
     assert rc == 0
     result = json.loads((out / 'bench.json').read_text())
     md = (out / 'bench.md').read_text()
+    assert result['machine']['spikingjelly'] == importlib.metadata.version('spikingjelly')
     rows = result['rows']
     B = result['config']['batch_size']
     assert [(r['T'], r['impl'], r['batch_size']) for r in rows] == [
@@ -41,6 +43,13 @@ def test_quick_bench_writes_consistent_report(tmp_path):
     assert snn2['train_overhead_fair'] == pytest.approx(snn2['train_s'] / ann2['train_s'])
     assert snn2['infer_overhead_fair'] == pytest.approx(snn2['infer_s'] / ann2['infer_s'])
     assert snn1['train_overhead_fair'] == pytest.approx(snn1['train_overhead'])
+    # ... and round by round (one round here: the ratio of the two calls of that round, its own interval)
+    fair2 = snn2['train_times_s'][0] / ann2['train_times_s'][0]
+    assert snn2['train_overhead_fair_rounds'] == [pytest.approx(fair2)]
+    assert snn2['train_overhead_fair_paired'] == pytest.approx(fair2)
+    assert snn2['train_overhead_fair_ci'] == [pytest.approx(fair2), pytest.approx(fair2)]
+    assert snn2['infer_overhead_paired'] == pytest.approx(snn2['infer_times_s'][0] / (2 * snn2['ann_infer_s']))
+    assert f"{fair2:.2f} ({fair2:.2f}-{fair2:.2f})" in md
 
     # FLOPs: counted per variant; a training step costs more than inference, the ANN's FLOPs are linear in the
     # batch, the SNN's about linear in T (the first convolution of a direct-encoded image runs once), and neurons
@@ -205,3 +214,13 @@ def test_timed_rounds_interleave_and_never_time_a_call_right_after_a_bigger_one(
     # warm-up once each; then per round an untimed call of the smallest variant, then all of them in order
     assert seq == ['ann', 'T1', 'T8'] + ['ann', 'ann', 'T1', 'T8'] * 2
     assert all(len(v['times']) == 2 and v['median_s'] >= 0 and v['first_s'] is not None for v in out.values())
+
+
+def test_median_interval_is_the_sign_test_interval():
+    # 7 values: only the range holds the median with >= 90% (1 - 2 / 2**7); 20 values: the 6th and 15th
+    assert bench.median_interval([5, 1, 7, 3, 2, 6, 4]) == (1, 7)
+    assert bench.median_interval(list(range(20))) == (5, 14)
+    assert bench.median_interval(list(range(20)), level=0.99) == (3, 16)
+    assert bench.median_interval([2.0]) == (2.0, 2.0)
+    with pytest.raises(ValueError, match='at least one value'):
+        bench.median_interval([])
