@@ -22,20 +22,20 @@ if _workers > 1:
 # The files that take minutes run first, longest first (``make test`` passes --no-loadscope-reorder so that xdist
 # keeps this order), so the short files fill in around them and no worker is left with a long file at the end.
 # A scheduling hint only: every test runs either way.
-LONG_FIRST = (  # longest first (measured per file)
-    'open_clip_spike/train/test_train.py',
+LONG_FIRST = (  # longest first (seconds per file in one `make test`, the two quick-demo files together: 138)
     'faults/test_demo_faults.py',
-    'faults/test_train_faults.py',
-    'open_clip_spike/experiments/test_bench.py',
-    'open_clip_spike/experiments/test_ablate.py',
-    'timm_spike/test_spikingformer.py',
-    'open_clip_spike/hub/test_hub.py',
-    'hosts/test_timm_suite.py',
-    'hosts/open_clip/test_open_clip_suite.py',
-    'open_clip_spike/experiments/test_paper.py',
-    'open_clip_spike/experiments/test_bench_memory.py',
-    'open_clip_spike/experiments/test_demo.py',
-    'open_clip_spike/train/test_rate_reg.py',
+    'open_clip_spike/experiments/test_bench.py',  # 87
+    'open_clip_spike/hub/test_hub.py',  # 84
+    'open_clip_spike/experiments/test_ablate.py',  # 66
+    'hosts/open_clip/test_open_clip_suite.py',  # 60
+    'open_clip_spike/train/test_train.py',  # 57
+    'hosts/test_timm_suite.py',  # 48
+    'faults/test_train_faults.py',  # 38
+    'open_clip_spike/cli/test_clip_benchmark.py',  # 36
+    'open_clip_spike/experiments/test_paper.py',  # 21
+    'open_clip_spike/cli/test_energy_command.py',  # 19
+    'open_clip_spike/experiments/test_bench_memory.py',  # 18
+    'open_clip_spike/experiments/test_sweep.py',  # 17
 )
 _HERE = Path(__file__).parent
 sys.path.insert(0, str(_HERE / 'helpers'))  # the tests' shared helpers (forkrun.py) import by name
