@@ -388,11 +388,11 @@ def median_interval(values: Sequence[float], level: float = 0.9) -> Tuple[float,
     n = len(xs)
     if n == 0:
         raise ValueError('median_interval needs at least one value')
-    k, below = 1, 0.0
-    while k < (n + 1) // 2:
-        below += math.comb(n, k - 1) / 2 ** n  # P(Binomial(n, 1/2) <= k - 1)
-        if below + math.comb(n, k) / 2 ** n > (1 - level) / 2:
-            break
+    def at_most(j: int) -> float:  # P(Binomial(n, 1/2) <= j)
+        return sum(math.comb(n, i) for i in range(j + 1)) / 2 ** n
+
+    k = 1
+    while k < (n + 1) // 2 and at_most(k) <= (1 - level) / 2:
         k += 1
     return xs[k - 1], xs[n - k]
 
