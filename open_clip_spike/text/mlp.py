@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from timm_spike.layers import LIFConfig, TemporalReadout, create_lif, encode_direct
+from timm_spike.layers import LIFConfig, SpikingLinear, TemporalReadout, create_lif, encode_direct
 
 from .base import SpikingTextTower
 
@@ -96,6 +96,18 @@ class SpikingTextMLP(SpikingTextTower):
             x = self._layer1(x)
         x = self.fc2(self.lif2(x))  # [T, B, D]
         return self.readout(x)
+
+    @torch.no_grad()
+    def fuse(self) -> 'SpikingTextMLP':
+        """Switch to the inference form in place and return the tower (``timm.utils.reparameterize_model`` calls it
+        on a copy): each neuron and the linear layer it feeds become one event-driven ``SpikingLinear``
+        (``timm_spike.layers.set_spike_kernel`` picks its kernel). Parameter names and values are unchanged."""
+        for lif, fc in (('lif1', 'fc1'), ('lif2', 'fc2')):
+            if not isinstance(getattr(self, fc), SpikingLinear):
+                layer = getattr(self, fc)
+                setattr(self, fc, SpikingLinear(getattr(self, lif), layer.weight, layer.bias))
+                setattr(self, lif, nn.Identity())
+        return self
 
     def extra_repr(self) -> str:
         return f'context_length={self.context_length}, width={self.width}, T={self.T}'

@@ -2,6 +2,7 @@
 
 Convention of Spikformer / Spikingformer: E = E_MAC * MACs + E_AC * SOPs (45 nm constants, Horowitz 2014).
 """
+from .calibrate import calibrate_firing_rates
 from .counting import LayerOps, SpikeOpCounter, ann_equivalent, calibrate_bn, count_operations
 from .firing import FiringRateRecorder, firing_rates
 from .measure import dense_macs, energy_report, layer_energies, model_input_size, teacher_energy, time_steps

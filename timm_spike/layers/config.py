@@ -18,7 +18,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ['LIF_IMPLS', 'LIF_IMPL_ENV', 'set_lif_impl', 'get_lif_impl', 'lif_impl', 'use_fused_lif']
+__all__ = ['LIF_IMPLS', 'LIF_IMPL_ENV', 'set_lif_impl', 'get_lif_impl', 'lif_impl', 'use_fused_lif',
+           'SPIKE_KERNELS', 'SPIKE_KERNEL_ENV', 'set_spike_kernel', 'get_spike_kernel', 'spike_kernel']
 
 LIF_IMPLS = ('auto', 'fused', 'spikingjelly')
 LIF_IMPL_ENV = 'TIMM_SPIKE_LIF_IMPL'
@@ -74,3 +75,48 @@ def use_fused_lif(device: torch.device) -> bool:
     if impl == 'auto':
         return device.type == 'cpu'
     return impl == 'fused'
+
+
+# The kernel of layers that take spikes, in their inference form (``timm.utils.reparameterize_model``):
+# - 'auto' (default): event-driven on the CPU in float32 without autograd when the call's spike rate is below the
+#   layer's break-even (``timm_spike.layers.spike_kernels.SPARSE_MAX_RATE``), dense otherwise;
+# - 'sparse': event-driven whenever the device, dtype and autograd allow it, whatever the rate;
+# - 'dense': always dense (the training path's arithmetic).
+# Like the LIF implementation, a property of the process, never of a model or its config.
+SPIKE_KERNELS = ('auto', 'sparse', 'dense')
+SPIKE_KERNEL_ENV = 'TIMM_SPIKE_KERNEL'
+
+
+def _check_kernel(kernel: str, source: str = 'spike kernel') -> str:
+    if kernel not in SPIKE_KERNELS:
+        raise ValueError(f'Unknown {source} {kernel!r}; choose one of {SPIKE_KERNELS}')
+    return kernel
+
+
+_SPIKE_KERNEL = _check_kernel(os.environ.get(SPIKE_KERNEL_ENV, 'auto'), f'spike kernel in ${SPIKE_KERNEL_ENV}:')
+
+
+def set_spike_kernel(kernel: str) -> None:
+    """Set the kernel of every spike-input layer in inference form in this process.
+
+    Args:
+        kernel: 'auto', 'sparse' or 'dense' (see ``SPIKE_KERNELS`` above).
+    """
+    global _SPIKE_KERNEL
+    _SPIKE_KERNEL = _check_kernel(kernel)
+
+
+def get_spike_kernel() -> str:
+    """The spike kernel in force: 'auto', 'sparse' or 'dense'."""
+    return _SPIKE_KERNEL
+
+
+@contextmanager
+def spike_kernel(kernel: str) -> Iterator[None]:
+    """Run a block with another spike kernel and restore the previous one on exit."""
+    previous = get_spike_kernel()
+    set_spike_kernel(kernel)
+    try:
+        yield
+    finally:
+        set_spike_kernel(previous)

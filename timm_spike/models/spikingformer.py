@@ -36,8 +36,10 @@ from timm_spike.layers import (
     LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct,
     linear_like)
 from timm_spike.layers.guards import check_image, check_state_dict_dtypes
+from timm_spike.layers.spike_layers import FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn
 
-__all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock']
+__all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock',
+           'FusedSpikingSelfAttention', 'FusedSpikingMLP']
 
 _logger = logging.getLogger(__name__)
 
@@ -146,6 +148,17 @@ class TokenizerStage(nn.Module):
             x = self.pool(x)
         return self.bn(self.conv(x))
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference form (``timm.utils.reparameterize_model``): BatchNorm folded into the convolution; a stage fed
+        by spikes becomes one event-driven ``SpikingConv2d`` (neuron, pool and convolution)."""
+        weight, bias = fold_bn(self.conv.weight, self.conv.bias, self.bn)
+        if self.lif is None:
+            if self.pool is not None:
+                raise NotImplementedError('a pooled first tokenizer stage has no inference form')
+            return FoldedConv2d(weight, bias, padding=1)
+        return SpikingConv2d(self.lif, weight, bias, pool=self.pool_order if self.pool is not None else None)
+
 
 class SpikingTokenizer(nn.Module):
     """Spiking tokenizer (Spikingformer's stem): 5 conv stages, widths C/8, C/4, C/2, C, C."""
@@ -222,6 +235,47 @@ class SpikingSelfAttention(nn.Module):
         x = self.proj_bn(self.proj_conv(self.attn_lif(x)))
         return x.reshape(T, B, C, H, W)
 
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference form (``timm.utils.reparameterize_model``): q, k, v one event-driven layer with their
+        BatchNorms folded in, the projection another."""
+        return FusedSpikingSelfAttention(self)
+
+
+class FusedSpikingSelfAttention(nn.Module):
+    """Inference form of ``SpikingSelfAttention``: the same function on channels-last token maps.
+
+    q, k and v read the same input spikes, so they are one ``SpikingLinear`` of width 3C (BatchNorms folded); their
+    three neurons (one configuration) run as one; the projection and its neuron are a second ``SpikingLinear``.
+    """
+
+    def __init__(self, attn: SpikingSelfAttention):
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.scale = attn.scale
+        folded = [fold_bn(getattr(attn, f'{n}_conv').weight, getattr(attn, f'{n}_conv').bias,
+                          getattr(attn, f'{n}_bn')) for n in 'qkv']
+        self.qkv = SpikingLinear(attn.in_lif, torch.cat([w for w, _ in folded]), torch.cat([b for _, b in folded]))
+        self.qkv_lif = attn.q_lif
+        if not all(_same_lif(attn.q_lif, getattr(attn, f'{n}_lif')) for n in 'kv'):
+            raise NotImplementedError('q, k and v neurons of different configurations have no inference form')
+        self.proj = SpikingLinear(attn.attn_lif, *fold_bn(attn.proj_conv.weight, attn.proj_conv.bias, attn.proj_bn))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        h = self.num_heads
+        tokens = x.permute(0, 1, 3, 4, 2).reshape(T, B, H * W, C)  # free when x is channels last in memory
+        qkv = self.qkv_lif(self.qkv(tokens))  # [T, B, N, 3C] spikes
+        q, k, v = qkv.reshape(T, B, H * W, 3, h, C // h).permute(3, 0, 1, 4, 2, 5).unbind(0)  # T B h N d
+        # binary q, k, v: every product and sum is an exact integer, so the order of evaluation does not matter
+        x = (q @ (k.transpose(-2, -1) @ v)) * self.scale  # T B h N d
+        x = self.proj(x.permute(0, 1, 3, 2, 4).reshape(T, B, H * W, C))
+        return x.reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
+
+
+def _same_lif(a: nn.Module, b: nn.Module) -> bool:
+    return repr(a) == repr(b) and type(a.surrogate_function) is type(b.surrogate_function)
+
 
 class SpikingMLP(nn.Module):
     """LIF -> 1x1 conv + BN -> LIF -> 1x1 conv + BN."""
@@ -238,6 +292,25 @@ class SpikingMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1_bn(self.fc1_conv(self.fc1_lif(x)))
         return self.fc2_bn(self.fc2_conv(self.fc2_lif(x)))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Module:
+        """Inference form (``timm.utils.reparameterize_model``): two event-driven layers, BatchNorms folded."""
+        return FusedSpikingMLP(self)
+
+
+class FusedSpikingMLP(nn.Module):
+    """Inference form of ``SpikingMLP`` on channels-last token maps: two ``SpikingLinear`` layers."""
+
+    def __init__(self, mlp: SpikingMLP):
+        super().__init__()
+        self.fc1 = SpikingLinear(mlp.fc1_lif, *fold_bn(mlp.fc1_conv.weight, mlp.fc1_conv.bias, mlp.fc1_bn))
+        self.fc2 = SpikingLinear(mlp.fc2_lif, *fold_bn(mlp.fc2_conv.weight, mlp.fc2_conv.bias, mlp.fc2_bn))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        x = self.fc2(self.fc1(x.permute(0, 1, 3, 4, 2)))  # [T, B, H, W, C]: free when x is channels last
+        return x.permute(0, 1, 4, 2, 3)
 
 
 class SpikingformerBlock(nn.Module):
@@ -391,7 +464,7 @@ class Spikingformer(nn.Module):
 
     def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
         x = image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size, self.T,
-                              self.patch_embed.stages[0].conv.weight.dtype)
+                              next(self.patch_embed.parameters()).dtype)
         # The tokenizer's full-resolution maps hold about as much as all blocks together (at T=8, 32x32), so
         # grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():

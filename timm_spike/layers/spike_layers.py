@@ -1,0 +1,157 @@
+"""Inference forms of the layers that take spikes: LIF -> [max-pool] -> conv / linear, with BatchNorm folded.
+
+A model's training modules (a LIF, a convolution, a BatchNorm, each its own module, as the papers draw them) are
+turned into these by ``timm.utils.reparameterize_model`` through the models' ``fuse()`` methods. In this form
+the neuron and the layer it feeds are one module, so the layer knows its input is binary by construction (its
+own neuron made it) and can compute from the spikes that fired (``spike_kernels``); the kernel is picked at every
+call by the process-wide switch ``timm_spike.layers.set_spike_kernel``. The dense path of the same module (the
+'dense' switch, autograd, another device or dtype, or a rate above the break-even under 'auto') runs the neuron
+and ``F.conv2d`` / ``F.linear`` with the folded weights.
+
+Tensors stay channels last between these layers ([T, B, H, W, C] in memory), the layout both kernels read and
+write; the modules take and return the model's time-major shapes ([T, B, C, H, W] views of that memory).
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .fused_lif import FusedLIFParams, fused_params_from_node
+from .spike_kernels import lif_conv3x3, lif_linear, sparse_allowed
+
+__all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear']
+
+
+@torch.no_grad()
+def fold_bn(weight: torch.Tensor, bias: Optional[torch.Tensor], bn: Optional[nn.Module]
+            ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of a convolution or linear layer followed by an eval-mode BatchNorm, as one layer."""
+    out_chs = weight.shape[0]
+    bias = torch.zeros(out_chs, dtype=weight.dtype, device=weight.device) if bias is None else bias
+    if bn is None:
+        return weight.detach().clone(), bias.detach().clone()
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shape = (-1,) + (1,) * (weight.ndim - 1)
+    return weight * scale.reshape(shape), (bias - bn.running_mean) * scale + bn.bias
+
+
+def _max_pool_seq(x: torch.Tensor) -> torch.Tensor:
+    # [T, B, C, H, W] -> the 3x3 / stride 2 / padding 1 max-pool of every map
+    return F.max_pool2d(x.flatten(0, 1), kernel_size=3, stride=2, padding=1).unflatten(0, x.shape[:2])
+
+
+class FoldedConv2d(nn.Module):
+    """A convolution and its eval-mode BatchNorm as one convolution on a real-valued [T, B, C, H, W] sequence
+    (a model's first layer, fed by the image itself); the output is channels last in memory."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding: int):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x.flatten(0, 1).contiguous(memory_format=torch.channels_last), self.weight, self.bias,
+                     padding=self.padding)
+        return y.unflatten(0, x.shape[:2])
+
+
+class _SpikeInput(nn.Module):
+    """The neuron of a spike-input layer and its cached kernel-layout weight."""
+
+    def __init__(self, lif: nn.Module):
+        super().__init__()
+        self.lif = lif
+        self._cache_key = None
+        self._cache = None
+
+    def _lif_params(self) -> Optional[FusedLIFParams]:
+        return fused_params_from_node(self.lif) if not getattr(self.lif, 'store_v_seq', False) else None
+
+    def _kernel_weight(self, make) -> torch.Tensor:
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        if key != self._cache_key:
+            with torch.no_grad():
+                self._cache = make(w).contiguous()
+            self._cache_key = key
+        return self._cache
+
+    def _sparse_allowed(self, x: torch.Tensor) -> bool:
+        # the sparse path computes no gradients: only where autograd would not record the call
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or self.bias.requires_grad):
+            return False
+        return sparse_allowed(x)
+
+    def _spikes(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        if x.shape[0] == 1 and T > 1:
+            x = x.expand(T, *x.shape[1:])
+        return self.lif(x)
+
+
+POOLS = (None, 'spike', 'real')
+
+
+class SpikingConv2d(_SpikeInput):
+    """LIF -> conv 3x3 (stride 1, padding 1) with the BatchNorm folded in, and optionally a 3x3 / stride 2 max-pool
+    of the spikes (``pool='spike'``: LIF -> pool -> conv) or of the current (``'real'``: pool -> LIF -> conv).
+
+    forward(x [T', B, C, H, W], T) -> [T, B, N, H', W'] (channels-last memory). T' = 1 is a direct-encoded input:
+    the same current at every one of the T steps (an expanded [T, ...] view costs nothing either).
+    """
+
+    def __init__(self, lif: nn.Module, weight: torch.Tensor, bias: torch.Tensor, pool: Optional[str] = None):
+        super().__init__(lif)
+        if weight.shape[-2:] != (3, 3):
+            raise ValueError(f'SpikingConv2d takes a 3x3 convolution, got kernel {tuple(weight.shape[-2:])}')
+        if pool not in POOLS:
+            raise ValueError(f'Unknown pool {pool!r}; choose one of {POOLS}')
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
+        T = x.shape[0] if T is None else T
+        if self.pool == 'real':
+            x = _max_pool_seq(x)
+        params = self._lif_params()
+        if params is not None and self._sparse_allowed(x):
+            w9 = self._kernel_weight(lambda w: w.permute(2, 3, 1, 0).reshape(9, w.shape[1], w.shape[0]))
+            out = lif_conv3x3(x.permute(0, 1, 3, 4, 2), T, params, w9, self.bias.detach(), self.pool == 'spike')
+            if out is not None:
+                return out.permute(0, 1, 4, 2, 3)
+        s = self._spikes(x, T)
+        if self.pool == 'spike':
+            s = _max_pool_seq(s)
+        out = F.conv2d(s.flatten(0, 1).contiguous(memory_format=torch.channels_last), self.weight, self.bias,
+                       padding=1)
+        return out.unflatten(0, s.shape[:2])
+
+    def extra_repr(self) -> str:
+        return f'{self.weight.shape[1]}, {self.weight.shape[0]}, kernel_size=3, pool={self.pool}'
+
+
+class SpikingLinear(_SpikeInput):
+    """LIF -> linear over the last dimension (a 1x1 convolution in token layout), BatchNorm folded in.
+
+    forward(x [T', ..., K], T) -> [T, ..., N]; T' = 1 is a direct-encoded input.
+    """
+
+    def __init__(self, lif: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
+        super().__init__(lif)
+        self.weight = nn.Parameter(weight.detach().reshape(weight.shape[0], -1).clone(),
+                                   requires_grad=weight.requires_grad)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+
+    def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
+        T = x.shape[0] if T is None else T
+        params = self._lif_params()
+        if params is not None and self._sparse_allowed(x):
+            out = lif_linear(x, T, params, self._kernel_weight(lambda w: w.t()), self.bias.detach())
+            if out is not None:
+                return out
+        return F.linear(self._spikes(x, T), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
