@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Union
 
 from torch.utils.data import Dataset, Subset
 
+from timm_spike.layers import inference_form
 from timm_spike.utils import atomic_write
 
 from .data import build_dataset
@@ -48,15 +49,29 @@ def _accuracy(output, target, topk=(1,)):
     return [float(correct[:k].reshape(-1).float().sum()) / n for k in topk]
 
 
+def _inference_loader(load):
+    def load_open_clip(*args, **kwargs):
+        model, transform, tokenizer = load(*args, **kwargs)
+        return inference_form(model), transform, tokenizer
+    load_open_clip.spikeclip_inference = True
+    return load_open_clip
+
+
 def patch_clip_benchmark() -> None:
-    """Make clip_benchmark's zero-shot metrics run with numpy >= 2.4 (idempotent).
+    """Make clip_benchmark's zero-shot metrics run with numpy >= 2.4, and its models run as ``spikeclip zeroshot``
+    runs them (idempotent).
 
     Written for clip_benchmark 1.6.2: ``metrics.zeroshot_classification.accuracy`` calls ``float()`` on a
     one-element 1-d array, which numpy 2.4 refuses (``TypeError: only 0-dimensional arrays can be converted to
-    Python scalars``) on every dataset of 5 or more classes. The replacement computes the same fractions.
+    Python scalars``) on every dataset of 5 or more classes. The replacement computes the same fractions. Its
+    open_clip loader (``models.TYPE2FUNC['open_clip']``) is wrapped to return the model in its inference form
+    (``timm_spike.layers.inference_form``: event-driven spike layers on the CPU).
     """
+    from clip_benchmark import models
     from clip_benchmark.metrics import zeroshot_classification
     zeroshot_classification.accuracy = _accuracy
+    if not getattr(models.TYPE2FUNC['open_clip'], 'spikeclip_inference', False):
+        models.TYPE2FUNC['open_clip'] = _inference_loader(models.TYPE2FUNC['open_clip'])
 
 
 def clip_benchmark_templates(templates: Sequence[str]) -> List[str]:

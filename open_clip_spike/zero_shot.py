@@ -33,6 +33,7 @@ from tqdm import tqdm
 import open_clip
 from open_clip import build_zero_shot_classifier
 
+from timm_spike.layers import get_spike_kernel, inference_form, is_inference_form
 from timm_spike.layers.guards import check_max_time_steps
 from timm_spike.utils import atomic_write
 
@@ -278,7 +279,9 @@ def zeroshot(
 
     Returns:
         dict(top1, top5, n, model, pretrained, dataset, split, num_classes, num_templates, T, precision,
-        seconds); T is None for a model without time steps; seconds: the evaluation's wall time.
+        spike_kernel, seconds); T is None for a model without time steps; spike_kernel is the switch in force where
+        the spike-input layers ran event-driven ('auto' or 'sparse'), else 'dense'; seconds: the evaluation's wall
+        time.
     """
     register_model_configs()
     autocast(device, precision)  # an unknown precision fails before any work
@@ -289,6 +292,7 @@ def zeroshot(
             raise ValueError(f'{name} must be an integer >= {low}, got {value!r}')
     model, _, preprocess = open_clip.create_model_and_transforms(
         model_name, pretrained=pretrained, device=device, **kwargs)
+    model = inference_form(model, device)  # event-driven spike layers on the CPU (timm_spike.set_spike_kernel)
     tokenizer = open_clip.get_tokenizer(model_name)
 
     if isinstance(dataset, Dataset):
@@ -306,7 +310,8 @@ def zeroshot(
     result = evaluate(model, loader, classifier, device=device, progress=progress, precision=precision)
     result.update(model=model_name, pretrained=pretrained, dataset=dataset_name, split=split,
                   num_classes=len(classnames), num_templates=len(templates), T=getattr(model, 'T', None),
-                  precision=precision, seconds=time.perf_counter() - start)
+                  precision=precision, spike_kernel=get_spike_kernel() if is_inference_form(model) else 'dense',
+                  seconds=time.perf_counter() - start)
     _logger.info('Zero-shot %s on %s: top-1 %.4f, top-5 %.4f (%d images)',
                  model_name, dataset_name, result['top1'], result['top5'], result['n'])
     if output is not None:

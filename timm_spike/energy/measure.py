@@ -1,5 +1,7 @@
 """``energy_report``: firing rates, per-layer MACs / SOPs and energy of a spiking model on real data."""
 import logging
+import statistics
+import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -122,6 +124,7 @@ def energy_report(
         ann_model: Optional[nn.Module] = None,
         progress: bool = True,
         notes: Sequence[str] = (),
+        measure_time: bool = True,
 ) -> EnergyReport:
     """Measure a spiking model on real data and return its energy report.
 
@@ -141,6 +144,8 @@ def energy_report(
         ann_model: The ANN of equal shape (default: ``ann_equivalent(model)``).
         progress: Show a tqdm progress bar.
         notes: Extra notes recorded in the report.
+        measure_time: Also time the model dense, event-driven and as its ANN twin on the first batch
+            (``time_per_sample``; the report's ``time_s_per_<sample>``).
 
     Raises:
         ValueError: for a model without spiking neurons, an empty dataset, or samples of the wrong size.
@@ -153,7 +158,7 @@ def energy_report(
     model.eval()
     try:
         with FiringRateRecorder(model) as rec:  # raises ValueError if the model has no spiking neurons
-            first = []
+            first, first_batch = [], []
 
             def checked():
                 total = len(data) if hasattr(data, '__len__') and not isinstance(data, torch.Tensor) else None
@@ -161,9 +166,11 @@ def energy_report(
                     _check_shape(x, input_size, name)
                     if not first:
                         first.append(x[:1])
+                        first_batch.append(x)
                     yield x
 
             layers, n = count_operations(model, checked(), forward_fn)
+            batch = first_batch[0] if first_batch else None
             if n == 0:
                 raise ValueError(f'No data: the dataset {data_name!r} gave no samples to measure {name} on')
             rates = rec.rates()
@@ -175,7 +182,41 @@ def energy_report(
     ann = ann_model if ann_model is not None else ann_equivalent(model)
     ann.eval()
     ann_macs = dense_macs(ann, first[0], forward_fn)
+    timing = time_per_sample(model, batch, forward_fn, ann=ann) if measure_time else None
     return EnergyReport(
         model=name, T=time_steps(model) or 1, input_size=list(input_size or first[0].shape[1:]),
         data=data_name, num_samples=n, constants=constants, layers=rows, neurons=rates, ann_macs=ann_macs,
-        sample=sample, teacher=teacher, notes=NOTES + list(notes))
+        sample=sample, teacher=teacher, notes=NOTES + list(notes), timing=timing)
+
+
+def time_per_sample(
+        model: nn.Module,
+        batch: torch.Tensor,
+        forward_fn: Optional[ForwardFn] = None,
+        ann: Optional[nn.Module] = None,
+        rounds: int = 3,
+) -> Dict[str, Any]:
+    """Measured inference seconds per sample of ``model`` dense, in its event-driven inference form
+    (``timm_spike.layers.inference_form``) and as its ANN twin (``ann_equivalent``: T=1, neurons replaced by their
+    input), on one batch: the median of ``rounds`` interleaved rounds (one untimed call of each first), no autograd.
+    Beside the estimated energy it says what the hardware at hand makes of the spikes' sparsity."""
+    from timm_spike.layers import inference_form, spike_kernel
+    forward_fn = forward_fn or (lambda m, b: m(b))
+    ann = ann if ann is not None else ann_equivalent(model)
+    device = next(model.parameters()).device
+    with spike_kernel('auto'):
+        sparse = inference_form(model.eval(), device)
+    variants = {'dense_snn': (model, 'dense'), 'sparse_snn': (sparse, 'auto'), 'ann_twin': (ann.eval(), 'dense')}
+    times: Dict[str, List[float]] = {k: [] for k in variants}
+    with torch.inference_mode():
+        for r in range(rounds + 1):
+            for key, (m, kernel) in variants.items():
+                with spike_kernel(kernel):
+                    start = time.perf_counter()
+                    forward_fn(m, batch)
+                    if r:  # the first round warms up (compiles, allocates)
+                        times[key].append(time.perf_counter() - start)
+    n = len(batch)
+    out: Dict[str, Any] = {k: statistics.median(v) / n for k, v in times.items()}
+    out.update(batch=n, threads=torch.get_num_threads(), device=str(device), rounds=rounds)
+    return out

@@ -80,6 +80,8 @@ class EnergyReport:
     sample: str = 'image'
     teacher: Optional[TeacherEnergy] = None
     notes: List[str] = field(default_factory=list)
+    # measured seconds per sample of this model run dense, event-driven and as its ANN twin (``measure.time_per_sample``)
+    timing: Optional[Dict[str, Any]] = None
 
     @property
     def macs(self) -> float:
@@ -137,6 +139,7 @@ class EnergyReport:
             'neurons': [{'name': k, 'firing_rate': v} for k, v in self.neurons.items()],
             'teacher': asdict(self.teacher) if self.teacher else None,
             'notes': list(self.notes),
+            f'time_s_per_{s}': dict(self.timing) if self.timing else None,
         }
 
     def summary(self) -> Dict[str, Any]:
@@ -166,6 +169,7 @@ class EnergyReport:
             ann_macs=d['totals']['ann_macs'],
             teacher=TeacherEnergy(**d['teacher']) if d.get('teacher') else None,
             notes=list(d.get('notes', [])),
+            timing=d.get(f"time_s_per_{d['sample']}"),
         )
 
     def to_json(self, indent: int = 2) -> str:
@@ -212,4 +216,10 @@ class EnergyReport:
             lines.append(f'teacher {self.teacher.model} ({"x".join(map(str, self.teacher.input_size))}): '
                          f'{self.teacher.macs:.4g} MACs = {self.teacher.energy_mj:.4g} mJ'
                          f'   SNN/teacher = {r["snn_over_teacher"]:.4f}')
+        if self.timing:
+            t = self.timing
+            lines.append(f'measured time per {s} (batch {t["batch"]}, {t["threads"]} threads, {t["device"]}): '
+                         f'dense SNN {t["dense_snn"] * 1e3:.3g} ms, event-driven SNN {t["sparse_snn"] * 1e3:.3g} ms, '
+                         f'ANN twin {t["ann_twin"] * 1e3:.3g} ms   (event-driven speed-up: {t["dense_snn"] / t["sparse_snn"]:.2f}x '
+                         f'over dense, {t["ann_twin"] / t["sparse_snn"]:.2f}x over the ANN twin)')
         return '\n'.join(lines)

@@ -6,21 +6,26 @@ the neuron and the layer it feeds are one module, so the layer knows its input i
 own neuron made it) and can compute from the spikes that fired (``spike_kernels``); the kernel is picked at every
 call by the process-wide switch ``timm_spike.layers.set_spike_kernel``. The dense path of the same module (the
 'dense' switch, autograd, another device or dtype, or a rate above the break-even under 'auto') runs the neuron
-and ``F.conv2d`` / ``F.linear`` with the folded weights.
+and ``F.conv2d`` / ``F.linear`` with the folded weights. The event-driven path computes no gradients, so it runs
+where autograd records nothing: under ``torch.no_grad()`` / ``torch.inference_mode()``, as inference runs.
 
 Tensors stay channels last between these layers ([T, B, H, W, C] in memory), the layout both kernels read and
 write; the modules take and return the model's time-major shapes ([T, B, C, H, W] views of that memory).
 """
-from typing import Optional, Tuple
+import logging
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import get_spike_kernel
 from .fused_lif import FusedLIFParams, fused_params_from_node
 from .spike_kernels import lif_conv3x3, lif_linear, sparse_allowed
 
-__all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear']
+__all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear', 'inference_form', 'is_inference_form']
+
+_logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -47,8 +52,8 @@ class FoldedConv2d(nn.Module):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, padding: int):
         super().__init__()
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone())
         self.padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,8 +112,8 @@ class SpikingConv2d(_SpikeInput):
             raise ValueError(f'SpikingConv2d takes a 3x3 convolution, got kernel {tuple(weight.shape[-2:])}')
         if pool not in POOLS:
             raise ValueError(f'Unknown pool {pool!r}; choose one of {POOLS}')
-        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=weight.requires_grad)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.weight = nn.Parameter(weight.detach().clone())
+        self.bias = nn.Parameter(bias.detach().clone())
         self.pool = pool
 
     def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
@@ -140,9 +145,8 @@ class SpikingLinear(_SpikeInput):
 
     def __init__(self, lif: nn.Module, weight: torch.Tensor, bias: torch.Tensor):
         super().__init__(lif)
-        self.weight = nn.Parameter(weight.detach().reshape(weight.shape[0], -1).clone(),
-                                   requires_grad=weight.requires_grad)
-        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=bias.requires_grad)
+        self.weight = nn.Parameter(weight.detach().reshape(weight.shape[0], -1).clone())
+        self.bias = nn.Parameter(bias.detach().clone())
 
     def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
         T = x.shape[0] if T is None else T
@@ -155,3 +159,27 @@ class SpikingLinear(_SpikeInput):
 
     def extra_repr(self) -> str:
         return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
+
+
+def is_inference_form(model: nn.Module) -> bool:
+    """Whether ``model`` holds event-driven spike-input layers (it went through ``reparameterize_model``)."""
+    return any(isinstance(m, (SpikingConv2d, SpikingLinear)) for m in model.modules())
+
+
+def inference_form(model: nn.Module, device: Union[str, torch.device, None] = None) -> nn.Module:
+    """The model as the ``spikeclip`` commands run inference: on the CPU, unless the spike kernel is 'dense', a copy
+    in its inference form (``timm.utils.reparameterize_model``: BatchNorm folded, spike-input layers event-driven),
+    in eval mode; anywhere else the model itself. Its weights are unchanged; its outputs equal the model's up to
+    float32 rounding (a neuron whose potential lands on the threshold may flip).
+    """
+    from timm.utils import reparameterize_model
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if device.type != 'cpu' or get_spike_kernel() == 'dense' or is_inference_form(model):
+        return model
+    fused = reparameterize_model(model.eval())  # a copy; fuse() on every child that has it
+    if callable(getattr(fused, 'fuse', None)):  # a tower whose own class has an inference form (a text tower)
+        fused = fused.fuse()
+    if is_inference_form(fused):
+        _logger.info('Inference runs event-driven on the CPU (spike kernel %r; set_spike_kernel or $TIMM_SPIKE_KERNEL '
+                     "'dense' to run every layer dense)", get_spike_kernel())
+    return fused.eval()
