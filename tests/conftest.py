@@ -65,7 +65,8 @@ DEMO_KNOBS = ['--quick', '--data', str(_HERE / 'fixtures' / 'fashion_mnist'), '-
               '--no-bf16-eval', '--no-progress', '--lif-impl', 'spikingjelly']
 DEMO_RESULTS = ('teacher.safetensors', 'align.safetensors', 'dual.safetensors', 'hub/open_clip_model.safetensors',
                 'zeroshot_teacher.json', 'zeroshot_student.json', 'energy/energy.json', 'summary.json')
-SHARED_SCOPES = {'faults/test_demo_faults.py': 'quick-demo', 'open_clip_spike/experiments/test_demo.py': 'quick-demo'}
+SHARED_SCOPES = {'faults/test_demo_faults.py': 'quick-demo', 'open_clip_spike/experiments/test_demo.py': 'quick-demo',
+                 'open_clip_spike/experiments/test_bench_sparse.py': 'quick-demo'}
 
 
 class QuickDemo:

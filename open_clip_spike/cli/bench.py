@@ -39,8 +39,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--probe-timing', default=None, help=argparse.SUPPRESS)  # internal: the variants of one T
     p.add_argument('--no-isolate-T', action='store_true',
                    help='time every T in this one process (default: each T in its own fresh process)')
+    g = p.add_argument_group('event-driven inference (--sparse)')
+    g.add_argument('--sparse', action='store_true',
+                   help='measure event-driven inference against dense inference and the ANN twin (sparse.md)')
+    g.add_argument('--checkpoint', default=None, help='a trained student (safetensors) measured at its own rates')
+    g.add_argument('--student-model', default='SpikeCLIP-Tiny', help='the student\'s open_clip config')
+    g.add_argument('--data', default=None, help='images: IDX folder (Fashion-MNIST), ImageFolder or skimage')
+    g.add_argument('--rate', type=float, default=None, help='firing rate untrained towers are calibrated to')
+    g.add_argument('--sweep-rates', type=float, nargs='*', default=None, help='rates of the sweep (none: skip)')
+    g.add_argument('--rounds', type=int, default=None, help='timed rounds per variant')
+    g.add_argument('--batch-sizes', type=int, nargs='+', default=None, help='batches timed (default 256 1)')
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if args.sparse:
+        return _sparse(p, args)
 
     if args.probe_memory is not None:
         results = [probe_memory(spec) for spec in json.loads(args.probe_memory)]
@@ -75,6 +87,27 @@ def main(argv: Optional[List[str]] = None) -> int:
     md = to_markdown(result)
     atomic_write(os.path.join(args.out, 'bench.json'), json.dumps(result, indent=2).encode())
     atomic_write(os.path.join(args.out, 'bench.md'), md.encode())
+    print(md)
+    return 0
+
+
+def _sparse(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from open_clip_spike.experiments.bench_sparse import SparseBenchConfig, run_sparse_bench, sparse_markdown
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        p.error(f'--checkpoint {args.checkpoint}: no such file (the demo writes out/demo/dual.safetensors)')
+    overrides = {k: v for k, v in dict(
+        student=args.checkpoint, student_model=args.student_model, data=args.data, rate=args.rate,
+        sweep_rates=args.sweep_rates, rounds=args.rounds, batch_sizes=args.batch_sizes, threads=args.threads,
+        models=args.models).items() if v is not None}
+    try:
+        cfg = SparseBenchConfig.quick_config(**overrides) if args.quick else SparseBenchConfig(**overrides)
+        result = run_sparse_bench(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        p.exit(2, f'spikeclip bench: error: {e}\n')
+    os.makedirs(args.out, exist_ok=True)
+    md = sparse_markdown(result)
+    atomic_write(os.path.join(args.out, 'sparse.json'), json.dumps(result, indent=2).encode())
+    atomic_write(os.path.join(args.out, 'sparse.md'), md.encode())
     print(md)
     return 0
 

@@ -211,6 +211,11 @@ def test_report_schema_round_trip(calibrated, images, tmp_path):
         EnergyReport.from_dict({**d, 'schema': 'other'})
     text = r.table()
     assert 'blocks.0.attn' in text and 'SNN/ANN' in text
+    t = d['time_s_per_image']  # measured beside the estimate: dense SNN, event-driven SNN, ANN twin
+    assert {'dense_snn', 'sparse_snn', 'ann_twin'} <= set(t) and t['batch'] == 2 and t['device'] == 'cpu'
+    assert all(t[k] > 0 for k in ('dense_snn', 'sparse_snn', 'ann_twin'))
+    assert 'measured time per image (batch 2' in text and 'event-driven SNN' in text
+    assert energy_report(calibrated, images[:2], progress=False, measure_time=False).timing is None
     head = r.summary()
     assert head['energy_mj_per_image'] == d['energy_mj_per_image'] and head['energy_T'] == 2
     assert head['energy_input_size'] == '3x32x32' and head['snn_over_teacher'] is None
@@ -220,7 +225,8 @@ def test_report_schema_round_trip(calibrated, images, tmp_path):
 def test_deterministic_and_batch_invariant(calibrated, images):
     a = energy_report(calibrated, images, progress=False).to_dict()
     b = energy_report(calibrated, images, progress=False).to_dict()
-    assert a == b
+    assert a.pop('time_s_per_image')['batch'] == b.pop('time_s_per_image')['batch'] == 4  # measured: varies
+    assert a == b  # everything counted is the same, run after run
     c = energy_report(calibrated, [images[:1], images[1:3], images[3:]], progress=False).to_dict()
     assert c['energy_mj_per_image'] == pytest.approx(a['energy_mj_per_image'], rel=1e-9)
     for la, lc in zip(a['layers'], c['layers']):

@@ -76,7 +76,8 @@ class _SpikeInput(nn.Module):
 
     def _kernel_weight(self, make) -> torch.Tensor:
         w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype, w.device)
+        # an inference tensor (a model built under torch.inference_mode) keeps no version counter
+        key = (w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype, w.device)
         if key != self._cache_key:
             with torch.no_grad():
                 self._cache = make(w).contiguous()
