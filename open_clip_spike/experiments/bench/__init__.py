@@ -31,6 +31,8 @@ rounds, the load monitor, the interval of the median), ``flops`` (FLOP counting,
 split by kind of operation), ``neuron`` (the fused LIF's compile cost and speed), ``memory`` (peak memory in
 subprocesses), ``run`` (the driver) and ``report`` (Markdown).
 """
+from timm_spike.layers.fused_lif import FusedLIFParams  # noqa: F401  (the neuron constants in results)
+
 from .config import ANN, ANN_TB, BF16, IMPLS, MODELS, QUICK_KWARGS, BenchConfig, _batch_of, _split_impl, _variants
 from .flops import count_flops, measure_gemm_peak
 from .memory import bench_memory, peak_train_memory, peak_train_memory_many, probe_memory
@@ -40,7 +42,6 @@ from .profile import profile_step
 from .report import PEAK_TARGET, fmt_load, fmt_value, to_markdown
 from .run import bench_model, bench_model_isolated, probe_timing, run_bench
 from .timing import LoadMonitor, _timed_rounds, machine_info, median_interval
-from timm_spike.layers.fused_lif import FusedLIFParams  # noqa: F401  (the neuron constants in results)
 
 __all__ = ['BenchConfig', 'run_bench', 'median_interval', 'build_bench_model', 'bench_model', 'bench_model_isolated',
            'peak_train_memory', 'peak_train_memory_many', 'measure_gemm_peak', 'count_flops', 'profile_step',
