@@ -67,3 +67,9 @@ def test_state_dict_mismatches_name_the_keys():
     assert describe_mismatches(dict(missing=list('abc'), unexpected=[], shape=[]), n=2) == \
         'missing keys: a, b, ... (3 in all)'
     assert describe_mismatches(state_dict_mismatches(model, model.state_dict())) == ''
+
+
+def test_shape_mismatches_name_every_part_first():
+    own = {'visual.a': torch.zeros(1), 'visual.b': torch.zeros(1), 'text.a': torch.zeros(1), 'scale': torch.zeros(1)}
+    bad = state_dict_mismatches(own, {k: torch.zeros(2) for k in own})
+    assert [s.split(':')[0] for s in bad['shape']] == ['visual.a', 'text.a', 'scale', 'visual.b']

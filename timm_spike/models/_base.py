@@ -64,15 +64,23 @@ def to_img_size(img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
 
 def state_dict_mismatches(model: Union[nn.Module, Dict[str, torch.Tensor]],
                           state_dict: Dict[str, Any]) -> Dict[str, List[str]]:
-    """Missing and unexpected keys (sorted) and wrongly shaped ones (in the model's order, first layers first) of
-    ``state_dict`` for ``model`` (a module or its state dict)."""
+    """Missing and unexpected keys (sorted) and wrongly shaped ones of ``state_dict`` for ``model`` (a module or its
+    state dict).
+
+    Wrongly shaped keys come in the model's order, the first of each top-level module (``visual``, ``text``;
+    ``patch_embed``, ``blocks``) first, so the first few name every part of the model that differs.
+    """
     own = model.state_dict() if isinstance(model, nn.Module) else model
+    shape = [k for k, v in own.items()
+             if k in state_dict and hasattr(state_dict[k], 'shape') and state_dict[k].shape != v.shape]
+    firsts: Dict[str, str] = {}
+    for k in shape:
+        firsts.setdefault(k.split('.')[0], k)
+    shape = list(firsts.values()) + [k for k in shape if k not in firsts.values()]
     return dict(
         missing=sorted(set(own) - set(state_dict)),
         unexpected=sorted(set(state_dict) - set(own)),
-        shape=[f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}'
-               for k, v in own.items()
-               if k in state_dict and hasattr(state_dict[k], 'shape') and state_dict[k].shape != v.shape],
+        shape=[f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}' for k in shape],
     )
 
 
