@@ -128,7 +128,7 @@ def export_wds(
     out = Path(out)
     if (out / split).exists():
         if not overwrite:
-            raise FileExistsError(f'{out / split} exists; pick another folder or pass overwrite=True (--overwrite)')
+            raise FileExistsError(f'{out / split} exists; pick another folder or pass overwrite=True')
         shutil.rmtree(out / split)
     try:
         ds = build_dataset(data, split=split)

@@ -138,8 +138,8 @@ class _RateTerm(nn.Module):
         return f'weight={self.weight}, target={self.target}, mode={self.mode!r}'
 
 
-_TEACHER_HINT = ('the loss needs the teacher\'s outputs (dist_* keys); train with both --distill-model and '
-                 '--distill-pretrained')
+_TEACHER_HINT = ("the loss needs the teacher's outputs (the dist_* keys of open_clip's distillation): pass the "
+                 "teacher's embeddings of the same batch")
 
 
 class AlignmentLoss(nn.Module):
@@ -184,8 +184,8 @@ class AlignmentLoss(nn.Module):
             raise ValueError('AlignmentLoss weights must be >= 0, got '
                              f'image={image_weight}, text={text_weight}, contrastive={contrastive_weight}')
         if image_weight == text_weight == contrastive_weight == 0:
-            raise ValueError('AlignmentLoss: every weight is 0, nothing to train; set --spike-image-weight, '
-                             '--spike-text-weight or --spike-contrastive-weight above 0')
+            raise ValueError('AlignmentLoss: image_weight, text_weight and contrastive_weight are all 0, nothing '
+                             'to train; set at least one above 0')
         self.image_weight = image_weight
         self.text_weight = text_weight
         self.contrastive_weight = contrastive_weight
@@ -337,8 +337,8 @@ class DualLoss(nn.Module):
             output_dict: Return ``{"ce_loss", "kl_loss", "rate_loss"}`` (the enabled ones) instead of their sum.
             **kwargs: Other model outputs (text features etc.), ignored.
         """
-        labels = _require('labels', labels, 'DualLoss needs class indices; spikeclip train derives them from the '
-                                            'captions and --spike-classnames')
+        labels = _require('labels', labels, 'DualLoss needs the class index of every image (labels [B] into '
+                                            'the columns of class_embeddings)')
         if labels.min() < 0 or labels.max() >= self.num_classes:
             raise ValueError(f'labels must lie in [0, {self.num_classes}), got [{int(labels.min())}, '
                              f'{int(labels.max())}]')

@@ -25,6 +25,7 @@ from open_clip.utils import to_2tuple
 import timm
 from timm_spike.layers import LIFConfig
 from timm_spike.layers.guards import check_image, check_max_time_steps, check_state_dict_dtypes
+from timm_spike.models import describe_mismatches, state_dict_mismatches
 from .text import SpikingTextCfg, SpikingTextMLP, SpikingTextTransformer
 
 __all__ = ['SpikeCLIP', 'SpikingTimmModel', 'SpikingVisionCfg', 'SpikingTextCfg', 'state_dict_mismatches']
@@ -121,22 +122,6 @@ class SpikingTimmModel(TimmModel):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         return self
-
-
-def state_dict_mismatches(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> Dict[str, list]:
-    """Missing, unexpected and wrongly shaped keys of ``state_dict`` for ``model``."""
-    own = model.state_dict()
-    return dict(
-        missing=sorted(set(own) - set(state_dict)),
-        unexpected=sorted(set(state_dict) - set(own)),
-        shape=sorted(
-            f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-            for k, v in state_dict.items() if k in own and hasattr(v, 'shape') and v.shape != own[k].shape),
-    )
-
-
-def _few(items: list, n: int = 6) -> str:
-    return ', '.join(items[:n]) + (f', ... ({len(items)} in all)' if len(items) > n else '')
 
 
 class SpikeCLIP(CustomTextCLIP):
@@ -247,12 +232,9 @@ class SpikeCLIP(CustomTextCLIP):
         # torch's message lists every key; for the common mistake (a checkpoint of another SpikeCLIP config)
         # say so, with the first few offending keys of each kind.
         if strict:
-            bad = state_dict_mismatches(self, state_dict)
-            if any(bad.values()):
-                parts = [f'{kind} ({len(keys)}): {_few(keys)}' for kind, keys in
-                         (('shape mismatches', bad['shape']), ('missing keys', bad['missing']),
-                          ('unexpected keys', bad['unexpected'])) if keys]
+            problems = describe_mismatches(state_dict_mismatches(self, state_dict))
+            if problems:
                 raise ValueError(
                     'Checkpoint does not fit this SpikeCLIP model (was it saved from another model config, '
-                    'e.g. SpikeCLIP-Tiny vs SpikeCLIP-Spikingformer-4-384?): ' + '; '.join(parts))
+                    'e.g. SpikeCLIP-Tiny vs SpikeCLIP-Spikingformer-4-384?): ' + problems)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -36,7 +36,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save
 
-from timm_spike.utils import atomic_write, fault_point
+from timm_spike._faults import fault_point
+from timm_spike.utils import atomic_write
 
 __all__ = ['TeacherFeatureCache', 'CachedTeacher', 'StaleCacheError', 'sample_keys', 'weights_digest']
 

@@ -141,8 +141,8 @@ def resolve_classnames_templates(
     if classnames is None:
         classnames = dataset_classnames(dataset_name, data) if dataset_name is not None else None
         if classnames is None:
-            raise ValueError(f'No class names known for dataset {dataset_name!r}: pass classnames '
-                             f'(--classnames), a built-in set such as fashion_mnist, a text file or "cat,dog,..."')
+            raise ValueError(f'No class names known for dataset {dataset_name!r}: pass classnames, a built-in set '
+                             f'such as fashion_mnist, a text file or "cat,dog,..."')
         _logger.info('Class names: %s', classnames if len(classnames) <= 10 else f'{len(classnames)} classes')
     if templates is None:
         keys = [k for k in (given, dataset_name) if isinstance(k, str)]

@@ -16,6 +16,9 @@ import torch  # noqa: E402
 _workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
 THREADS = max(1, min(2, os.cpu_count() or 1) // max(1, _workers))
 torch.set_num_threads(THREADS)
+# the allocator the spikeclip commands run with (importing timm_spike leaves glibc's defaults); forks inherit it
+from timm_spike.utils import tune_allocator  # noqa: E402
+tune_allocator()
 if _workers > 1:
     os.environ['OMP_NUM_THREADS'] = str(THREADS)
 

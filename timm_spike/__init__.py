@@ -5,16 +5,13 @@
 The LIF implementation is a process-wide switch (``set_lif_impl``, ``lif_impl``, env ``TIMM_SPIKE_LIF_IMPL``), and
 so is the kernel of the spike-input layers of a model in inference form (``timm.utils.reparameterize_model``):
 ``set_spike_kernel('auto' | 'sparse' | 'dense')``, env ``TIMM_SPIKE_KERNEL``; ``inference_form(model)`` is what the
-``spikeclip`` commands run.
-Importing it also makes glibc keep freed tensor memory for reuse (``utils.tune_allocator``: 1.4-2.4x faster spiking
-training and inference on the CPU; ``TIMM_SPIKE_TUNE_ALLOCATOR=0`` in the environment keeps glibc's defaults).
+``spikeclip`` commands run. Importing it changes nothing else in the process; ``timm_spike.utils.tune_allocator()``
+makes glibc keep freed tensor memory for reuse (faster spiking training and inference on the CPU, as the
+``spikeclip`` commands run).
 """
 from .layers import (
     LIF_IMPLS, LIFConfig, TemporalReadout, create_lif, get_lif_impl, is_spiking_neuron, lif_impl, set_lif_impl)
 from .layers import SPIKE_KERNELS, get_spike_kernel, inference_form, set_spike_kernel, spike_kernel
 from .models import *  # noqa: F401,F403  (registers the models)
-from .utils import tune_allocator
-
-tune_allocator()  # fast by default: every user of the models, not only the spikeclip commands
 
 __version__ = '0.1.0'

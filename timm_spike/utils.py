@@ -1,18 +1,19 @@
-"""Small utilities shared by timm_spike and open_clip_spike: crash-safe file writes, fault injection for tests,
-shape-only model builds."""
+"""Small utilities shared by timm_spike and open_clip_spike: crash-safe file writes, shape-only model builds, the
+allocator setting of the commands."""
 import ctypes
 import logging
 import os
 import re
-import signal
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, Optional, Set, Tuple
+from typing import Callable, Iterator, Optional, Set
 
 import torch
 
-__all__ = ['FAULT_ENV', 'ALLOCATOR_ENV', 'atomic_path', 'atomic_write', 'bf16_is_native', 'build_on_meta',
-           'fault_point', 'remove_stale_temps', 'temp_prefix', 'tune_allocator']
+from ._faults import fault_point
+
+__all__ = ['ALLOCATOR_ENV', 'atomic_path', 'atomic_write', 'bf16_is_native', 'build_on_meta', 'remove_stale_temps',
+           'temp_prefix', 'tune_allocator']
 
 _logger = logging.getLogger(__name__)
 
@@ -101,49 +102,6 @@ def atomic_write(path: str, data: bytes):
         f.write(data)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Fault injection (tests/faults): a process kills or interrupts itself at a named point.
-
-FAULT_ENV = 'SPIKECLIP_FAULT'
-_fault_hits: Dict[str, int] = {}
-_fault_spec: Tuple[Optional[str], Optional[Tuple[str, int, str]]] = (None, None)
-_SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT}
-
-
-def _parse_fault(spec: str) -> Tuple[str, int, str]:
-    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>[A-Z]+))?', spec)
-    if m is None or (m['how'] and m['how'] not in ('KILL', 'INT', 'KILLGROUP', 'INTGROUP')):
-        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP]')
-    return m['point'], int(m['n'] or 1), m['how'] or 'KILL'
-
-
-def fault_point(name: str) -> None:
-    """A named point where ``$SPIKECLIP_FAULT`` can make this process die, for the fault-injection tests.
-
-    ``SPIKECLIP_FAULT=POINT[@N][:HOW]`` fires at the N-th time (default 1) this process reaches ``POINT``;
-    HOW is KILL (SIGKILL to itself, the default), INT (SIGINT, as Ctrl-C), or KILLGROUP / INTGROUP (to its whole
-    process group, as a terminal does). Without the variable this is a dictionary lookup.
-    """
-    global _fault_spec
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    if _fault_spec[0] != spec:
-        _fault_spec = (spec, _parse_fault(spec))
-    point, n, how = _fault_spec[1]
-    if name != point:
-        return
-    _fault_hits[name] = _fault_hits.get(name, 0) + 1
-    if _fault_hits[name] != n:
-        return
-    sig = _SIGNALS[how.replace('GROUP', '')]
-    _logger.warning('fault injection: %s at %s (hit %d)', how, name, n)
-    if how.endswith('GROUP'):
-        os.killpg(os.getpgid(0), sig)
-    else:
-        os.kill(os.getpid(), sig)  # SIGINT: KeyboardInterrupt at the next bytecode of the main thread
-
-
 def bf16_is_native() -> bool:
     """True when bf16 autocast on this CPU runs on oneDNN's bf16 kernels (AVX-512 and newer), not emulated."""
     try:
@@ -177,10 +135,14 @@ def tune_allocator() -> bool:
     through all of them again (the kernel zeroes each new page). Serving them from the heap and not trimming it
     makes SpikeCLIP-Tiny's training step about 1.4x and its inference up to 2.4x faster on a 2-core CPU
     (docs/benchmarks.md); the price is that the process keeps its peak memory until it exits. PyTorch's CPU tuning
-    guide gets the same with jemalloc or tcmalloc; this needs no preload. ``import timm_spike`` calls it (so every
-    ``spikeclip`` command and every Python user of the models runs tuned); set ``TIMM_SPIKE_TUNE_ALLOCATOR=0``
-    before the import to keep glibc's defaults. Returns True when the settings are in
-    force (not glibc, or turned off: False). Written by hand: no library offers it.
+    guide gets the same with jemalloc or tcmalloc; this needs no preload.
+
+    Importing ``timm_spike`` does not call it: the ``spikeclip`` commands do (``open_clip_spike.cli``), a script
+    or notebook calls it once, before its first large tensors. It is for the whole process and cannot be undone
+    (glibc has no call that brings back its dynamic mmap threshold once a threshold was set), hence no context
+    manager. ``TIMM_SPIKE_TUNE_ALLOCATOR=0`` in the environment makes it a no-op (the commands then keep glibc's
+    defaults). Returns True when the settings are in force (not glibc, or turned off: False). Written by hand: no
+    library offers it.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:

@@ -8,6 +8,8 @@ import importlib
 import sys
 from typing import List, Optional
 
+from timm_spike.utils import tune_allocator
+
 # name -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS = {
     'info': ('open_clip_spike.cli.info', 'build a registered model and print its parameters, T, input and output shapes'),
@@ -47,6 +49,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in COMMANDS:
         print(f"spikeclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    tune_allocator()  # the commands run with glibc keeping freed tensor memory (timm_spike.utils.tune_allocator)
     module = importlib.import_module(COMMANDS[name][0])
     return module.main(rest) or 0
 

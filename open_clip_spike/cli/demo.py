@@ -5,6 +5,7 @@ import os
 import sys
 from typing import List, Optional
 
+from timm_spike.layers import LIF_IMPLS
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.demo import DEBIAN_FASHION_MNIST, DemoConfig, DemoError, run_demo
 from open_clip_spike.experiments import demo as _experiment
@@ -25,7 +26,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       ('kl-weight', float), ('rate-weight', float), ('rate-target', float), ('seed', int)):
         p.add_argument(f'--{name}', type=typ, default=None)
     p.add_argument('--precision', default=None, choices=('fp32', 'amp', 'amp_bf16', 'bf16'))
-    p.add_argument('--lif-impl', default=None, choices=('auto', 'fused', 'spikingjelly'),
+    p.add_argument('--lif-impl', default=None, choices=LIF_IMPLS,
                    help='spiking neuron implementation (default auto: fused on CPU, spikingjelly on GPU)')
     p.add_argument('--bf16-eval', dest='bf16_eval', action='store_true', default=None,
                    help='also evaluate both models under bf16 autocast (default: where the CPU has native bf16)')

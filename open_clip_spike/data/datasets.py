@@ -148,7 +148,7 @@ def build_dataset(
     try:
         return _torchvision_dataset(key, split, transform, root, download, seed)
     except (RuntimeError, OSError) as e:  # torchvision: 'Dataset not found or corrupted', network errors
-        hint = 'check the network' if download else 'pass download=True (--download) with network access'
+        hint = 'check the network' if download else 'pass download=True with network access'
         raise FileNotFoundError(
             f'Could not load torchvision dataset {key!r} from {root}: {e}. To fix: {hint}, or pass a local '
             f'ImageFolder or IDX folder instead') from e

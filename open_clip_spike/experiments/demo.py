@@ -39,8 +39,8 @@ _logger = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 CLASSNAMES = 'fashion_mnist'  # the built-in class-name and template sets of open_clip_spike.data
-# Targets of the demo (issue: student top-1 >= 95% of the teacher's, student energy <= 25% of the teacher's,
-# the default run's stages within 10 minutes on 2 CPU cores).
+# What the demo's summary checks: the student's top-1 at least 95% of the teacher's, its energy per image at most 25%
+# of the teacher's, and the default run's stages within 10 minutes on 2 CPU cores.
 TARGETS = dict(top1_ratio_min=0.95, energy_ratio_max=0.25, seconds_max=10 * 60)
 
 

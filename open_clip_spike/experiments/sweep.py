@@ -38,9 +38,9 @@ from timm_spike.energy.plot import save_figure
 from timm_spike.utils import atomic_write
 
 from ..checkpoint import check_checkpoint_file
-from ..data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
+from ..data import build_dataset
 from ..factory import register_model_configs
-from ..zero_shot import build_classifier, check_inference_T, evaluate
+from ..zero_shot import build_classifier, check_inference_T, evaluate, resolve_classnames_templates
 
 __all__ = ['SweepPoint', 'sweep_t', 'pareto_front', 'write_sweep', 'plot_sweep']
 
@@ -74,21 +74,6 @@ def pareto_front(points: Sequence[SweepPoint]) -> List[bool]:
             for q in points)
         flags.append(not dominated)
     return flags
-
-
-def _resolve_names(classnames, templates, dataset_name: str, data: Dataset):
-    # the same defaults as spikeclip zeroshot: the dataset's class names, the class-name set's templates
-    if classnames is None:
-        classnames = dataset_classnames(dataset_name, data)
-        if classnames is None:
-            raise ValueError(f'No class names known for dataset {dataset_name!r}: pass classnames '
-                             f'(--classnames), a built-in set such as fashion_mnist or a text file')
-    if templates is None:
-        key = classnames if isinstance(classnames, str) else dataset_name
-        templates = key if key in TEMPLATES else 'simple'
-    names = get_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else list(classnames)
-    temps = get_templates(templates) if isinstance(templates, (str, os.PathLike)) else list(templates)
-    return names, temps
 
 
 def sweep_t(
@@ -155,7 +140,7 @@ def sweep_t(
                 data, dataset_name = dataset, type(dataset).__name__
             else:
                 data, dataset_name = build_dataset(dataset, split, preprocess, data_root), os.fspath(dataset)
-            classnames_, templates_ = _resolve_names(classnames, templates, dataset_name, data)
+            classnames_, templates_ = resolve_classnames_templates(classnames, templates, dataset_name, data)
             if limit is not None:
                 data = Subset(data, range(min(int(limit), len(data))))
             if len(data) == 0:

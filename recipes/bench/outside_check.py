@@ -35,6 +35,9 @@ def build(model_name: str, T: int):
     import timm
     import timm_spike  # noqa: F401  (registers the models)
     from spikingjelly.activation_based import neuron
+    from timm_spike.utils import tune_allocator
+
+    tune_allocator()  # the allocator the spikeclip commands run with (TIMM_SPIKE_TUNE_ALLOCATOR=0 keeps glibc's)
 
     torch.manual_seed(0)
     snn = timm.create_model(model_name, T=T)

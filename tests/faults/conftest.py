@@ -1,5 +1,5 @@
 """Fault-injection suite: kill and interrupt ``spikeclip train`` and ``spikeclip demo`` at named points
-(``timm_spike.utils.fault_point``), rerun, and compare with an uninterrupted run; feed bad input and check the error.
+(``timm_spike._faults.fault_point``), rerun, and compare with an uninterrupted run; feed bad input and check the error.
 
 Every test here is marked ``faults`` (``pytest -m faults`` runs the suite alone). Each test records the faults it
 tried and survived with the ``fault_log`` fixture; the session prints them as a table at the end.

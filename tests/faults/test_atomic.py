@@ -1,5 +1,5 @@
 """Crash-safe writes (timm_spike.utils): temporary files of killed writers are removed, those of live ones kept;
-written files get normal permissions; the fault hook fires where and when it is told."""
+written files get normal permissions; the fault hook (timm_spike._faults) fires where and when it is told."""
 import os
 import signal
 import subprocess
@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from timm_spike import utils
-from timm_spike.utils import atomic_path, atomic_write, fault_point, remove_stale_temps
+from timm_spike import _faults
+from timm_spike._faults import fault_point
+from timm_spike.utils import atomic_path, atomic_write, remove_stale_temps
 
 
 def _dead_pid() -> int:
@@ -45,21 +46,21 @@ def test_written_files_get_normal_permissions(tmp_path):
 def test_interrupted_write_keeps_the_old_file(tmp_path, monkeypatch):
     target = tmp_path / 'energy.json'
     target.write_text('old')
-    monkeypatch.setenv(utils.FAULT_ENV, 'atomic:energy.json:INT')
+    monkeypatch.setenv(_faults.FAULT_ENV, 'atomic:energy.json:INT')
     with pytest.raises(KeyboardInterrupt):
         atomic_write(str(target), b'new')
     assert target.read_text() == 'old' and [p.name for p in tmp_path.iterdir()] == ['energy.json']
 
 
 def test_fault_point_spec(monkeypatch):
-    monkeypatch.setattr(utils, '_fault_hits', {})
-    monkeypatch.setenv(utils.FAULT_ENV, 'p@3:INT')
+    monkeypatch.setattr(_faults, '_fault_hits', {})
+    monkeypatch.setenv(_faults.FAULT_ENV, 'p@3:INT')
     fault_point('p')
     fault_point('other')
     fault_point('p')
     with pytest.raises(KeyboardInterrupt):
         fault_point('p')  # the third hit of 'p'
-    monkeypatch.setenv(utils.FAULT_ENV, 'p:BOOM')
+    monkeypatch.setenv(_faults.FAULT_ENV, 'p:BOOM')
     with pytest.raises(ValueError, match=r'POINT\[@N\]\[:KILL\|INT\|KILLGROUP\|INTGROUP\]'):
         fault_point('p')
-    assert signal.SIGKILL == utils._SIGNALS['KILL']
+    assert signal.SIGKILL == _faults._SIGNALS['KILL']

@@ -197,13 +197,13 @@ def _child(cmd: List[str], env: Dict[str, str], cwd: Path) -> int:
     import warnings
 
     from timm_spike import set_lif_impl
-    from timm_spike import utils
+    from timm_spike import _faults
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
     torch.set_num_threads(int(env.get('OMP_NUM_THREADS', '1')))
     set_lif_impl(env.get('TIMM_SPIKE_LIF_IMPL', 'auto'))
-    utils._fault_hits.clear()
+    _faults._fault_hits.clear()
     if env.get('PYTHONWARNINGS') == 'ignore':
         warnings.simplefilter('ignore')
     for h in list(logging.root.handlers):  # pytest's capture handlers

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 CONFTEST = HERE / 'timm' / 'suite_conftest.py'
 
-# Model name prefix -> family, for the table of issue 14.
+# Model name prefix -> family, for the per-family table of results.
 FAMILIES = {
     'spikingformer_': 'Spikingformer', 'spikformer_': 'Spikformer', 'sdt_': 'SDT', 'qkformer_': 'QKFormer',
     'sew_resnet': 'SEW-ResNet',

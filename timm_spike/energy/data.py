@@ -34,15 +34,15 @@ def bundled_images(name: str) -> Tuple[List, str]:
         try:
             import skimage.data
         except ImportError as e:
-            raise ImportError("--data skimage needs scikit-image (pip install scikit-image), "
-                              "or pass --data DIR with an ImageFolder") from e
+            raise ImportError("the image set 'skimage' needs scikit-image (pip install scikit-image); or use an "
+                              "ImageFolder directory") from e
         return ([Image.fromarray(getattr(skimage.data, n)()).convert('RGB') for n in SKIMAGE_PHOTOS],
                 f'scikit-image photos ({", ".join(SKIMAGE_PHOTOS)})')
     if name == 'digits':
         try:
             from sklearn.datasets import load_digits
         except ImportError as e:
-            raise ImportError('--data digits needs scikit-learn (pip install scikit-learn)') from e
+            raise ImportError("the image set 'digits' needs scikit-learn (pip install scikit-learn)") from e
         imgs = load_digits().images  # 0..16 grey levels
         return ([Image.fromarray((im * (255 / 16)).astype('uint8')).convert('RGB') for im in imgs],
                 'scikit-learn digits (1,797 8x8 handwritten digits)')
@@ -58,7 +58,7 @@ def image_dataset(spec: str, transform: Optional[Callable] = None) -> Tuple[Data
         images, desc = bundled_images(spec)
         return PILImageDataset(images, transform), desc
     if not os.path.isdir(spec):
-        raise ValueError(f'--data {spec!r} is not a directory (nor one of: skimage, digits)')
+        raise ValueError(f'Image data {spec!r} is not a directory (nor one of: skimage, digits)')
     from torchvision.datasets import ImageFolder
     try:
         ds = ImageFolder(spec, transform=transform)

@@ -1,16 +1,14 @@
-"""The timm API shared by the backbones adopted from spikingjelly's model zoo.
+"""What the backbones adopted from spikingjelly's model zoo share.
 
 spikingjelly 2.0's zoo models (Spikformer, Spike-driven Transformer, QKFormer, SEW-ResNet) are plain classifiers: a
 ``forward`` that returns logits, stateful neurons that must be reset between inputs, no way to swap the head.
 Each family file (``spikformer.py``, ``spike_driven.py``, ``qkformer.py``, ``sew_resnet.py``) adopts the zoo's own
-stems and blocks and names its feature levels (``level_modules``); this base adds, once for all, what timm and
-open_clip expect: input checks and direct encoding (the first conv runs once, not T times), neurons that start
-from rest at every call (``StatelessLIFNode``), a readout over time that takes any T (``TemporalReadout``), a linear
-head usable as SpikeCLIP's projection, ``forward_features`` (batch-first) / ``forward_features_seq`` (time-major),
-``forward_intermediates`` / ``features_only`` / ``prune_intermediate_layers``, gradient checkpointing, timm's
-``device=`` / ``dtype=`` arguments and the rest of timm's model API.
+stems and blocks and names its feature levels (``level_modules``); ``ZooSpikingNet`` runs the trunk level by
+level under the timm API of every spiking tower (``timm_spike.models._base.SpikingNet``) and adds what the zoo
+needs: input checks and direct encoding (the first conv runs once, not T times), neurons that start from rest at
+every call (``StatelessLIFNode``), gradient checkpointing per block, ``features_only`` and the zoo's cfgs.
 """
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -18,20 +16,17 @@ from spikingjelly.activation_based import neuron
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_function
 from timm.models import build_model_with_cfg
-from timm.models._features import feature_take_indices
 
-from ..layers import LIFConfig, StatelessLIFNode, TemporalReadout, checkpoint_module, linear_like
+from ..layers import LIFConfig, StatelessLIFNode, checkpoint_module
 from ..layers.guards import check_image
 from ..layers.time import check_time_steps, encode_direct
-from .spikingformer import resolve_global_pool
+from ._base import SpikingNet, check_global_pool, to_img_size
 
 __all__ = ['ZooSpikingNet', 'check_zoo_lif', 'create_zoo_model', 'make_neurons_stateless', 'run_once_on_direct_input',
            'zoo_cfg', 'CIFAR_MEAN', 'CIFAR_STD', 'IMAGENET_CFG']
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
-
-GLOBAL_POOLS = ('avg', '')
 
 # overrides of ``zoo_cfg``'s CIFAR defaults for the ImageNet variants
 IMAGENET_CFG = dict(num_classes=1000, input_size=(3, 224, 224), pool_size=(14, 14), crop_pct=0.875,
@@ -146,16 +141,18 @@ def zoo_input_sequence(x: torch.Tensor, T: int, in_chans: int, img_size: Tuple[i
     return x
 
 
-class ZooSpikingNet(nn.Module):
-    """Base of the zoo wrappers: timm's head / readout / input / feature API around a spiking trunk.
+torch.fx.wrap('zoo_input_sequence')  # a leaf wherever it is called from (the forward is written in ``_base``)
+
+
+class ZooSpikingNet(SpikingNet):
+    """Base of the zoo wrappers: the zoo's trunk run level by level under ``SpikingNet``'s timm API.
 
     Subclasses build their trunk (inside ``device_scope(device)``), call ``_init_api`` and implement
     ``group_matcher``. ``level_modules`` names the modules of each feature level in order (level 0 the stem); the
     trunk runs them in that order, each [T, B, C, H, W] -> [T, B, C', H', W']; ``level_channels`` and
-    ``level_reductions`` give each level's width and stride. ``head_name`` is the classifier attribute ('head', or 'fc' where the zoo's and timm's ResNets use
-    that name, so their checkpoints load unchanged).
+    ``level_reductions`` give each level's width and stride. ``head_name`` is the classifier attribute ('head', or
+    'fc' where the zoo's and timm's ResNets use that name, so their checkpoints load unchanged).
     """
-    head_name: str = 'head'
     family: str = 'model'
     level_modules: List[Tuple[str, ...]]
     level_channels: List[int]
@@ -173,23 +170,12 @@ class ZooSpikingNet(nn.Module):
             drop_rate: float,
             dtype: Optional[torch.dtype] = None,
     ):
-        self.global_pool = resolve_global_pool('avg', 0, global_pool)
+        self.global_pool = check_global_pool(global_pool, num_classes)
         self.T = check_time_steps(T)
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if len(self.img_size) != 2 or any(not isinstance(s, int) or s < 1 for s in self.img_size):
-            raise ValueError(f'img_size must be an int or (height, width) of positive ints, got {img_size!r}')
-        if num_classes < 0:
-            raise ValueError(f'num_classes must be >= 0, got {num_classes}')
-        if num_classes and not self.global_pool:
-            raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
+        self.img_size = to_img_size(img_size)
         make_neurons_stateless(self)
         self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.num_features = self.head_hidden_size = num_features
-        self.grad_checkpointing = False
-        self.readout = TemporalReadout(self.T, readout)
-        self.head_drop = nn.Dropout(drop_rate)
-        setattr(self, self.head_name, linear_like(self, num_features, num_classes))
+        self._init_head(num_features, num_classes, self.T, readout, drop_rate)
         self.feature_info = [
             dict(num_chs=c, reduction=r, module=names[-1])
             for names, c, r in zip(self.level_modules, self.level_channels, self.level_reductions)]
@@ -209,118 +195,24 @@ class ZooSpikingNet(nn.Module):
                     x = checkpoint_module(blk, x)
         return x
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'readout.logits'}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        raise NotImplementedError
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        # safe: the neurons start from rest at every call, so a recomputed block is the same block
-        self.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return getattr(self, self.head_name)
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.global_pool = resolve_global_pool(self.global_pool, num_classes, global_pool)
-        self.num_classes = num_classes
-        setattr(self, self.head_name, linear_like(self, self.num_features, num_classes))
-
     def _input_dtype(self) -> torch.dtype:
         # the dtype images are converted to (the model's floating dtype)
         return next(p.dtype for p in self.parameters() if p.is_floating_point())
 
-    def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> [T, B, D, H', W']."""
-        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size, self._input_dtype())
-        for level in self._levels():
+    def _input_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] images (direct encoding, repeated T times) or [T, B, C, H, W] -> checked sequence."""
+        return zoo_input_sequence(x, self.T, self.in_chans, self.img_size, self._input_dtype())
+
+    def _run_levels(self, x: torch.Tensor, stop: Optional[int] = None) -> Iterator[torch.Tensor]:
+        for level in self._levels()[:stop]:
             x = self._run_level(level, x)
-        return x
+            yield x
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch-first feature map [B, D, H', W']: the time-major map read out over time."""
-        return self.readout(self.forward_features_seq(x))
+    def _num_levels(self) -> int:
+        return len(self.level_modules)
 
-    def pool_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """[T, B, D, H, W] -> [T, B, D]: the mean over tokens (positions) at each time step."""
-        return x.flatten(3).mean(3)
-
-    def _pool_seq(self, x: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == 'avg':
-            return self.readout(self.pool_tokens(x))
-        return self.readout(x)  # unpooled maps read out over time, [B, C, H, W]
-
-    def _pool_map(self, x: torch.Tensor) -> torch.Tensor:
-        return x.flatten(2).mean(2) if self.global_pool == 'avg' else x
-
-    def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.get_classifier()(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Head on the batch-first map of ``forward_features`` or the time-major map of ``forward_features_seq``
-        (``forward`` takes the time-major path; the two agree up to rounding where pooling is linear)."""
-        return self._head(self._pool_seq(x) if x.ndim == 5 else self._pool_map(x), pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._head(self._pool_seq(self.forward_features_seq(x)), pre_logits=False)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates (batch-first, each level's map read out over time).
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n levels if int, all if None, select matching indices if sequence.
-            norm: Unused (the models have no final norm).
-            stop_early: Stop after the last desired intermediate.
-            output_fmt: 'NCHW' or 'NLC'.
-            intermediates_only: Only return intermediate features.
-
-        Returns:
-            The final batch-first features and the list of intermediates, or just the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        levels = self._levels()
-        take_indices, max_index = feature_take_indices(len(levels), indices)
-        if stop_early:
-            levels = levels[:max_index + 1]
-        intermediates = []
-        x = zoo_input_sequence(x, self.T, self.in_chans, self.img_size, self._input_dtype())
-        for i, level in enumerate(levels):
-            x = self._run_level(level, x)
-            if i in take_indices:
-                y = self.readout(x)
-                intermediates.append(y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y)
-        if intermediates_only:
-            return intermediates
-        return self.readout(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Replace the levels after the last needed one by identities (and optionally drop the head)."""
-        take_indices, max_index = feature_take_indices(len(self.level_modules), indices)
+    def _prune_levels(self, max_index: int):
+        # the levels after the last needed one become identities (their names stay in level_modules)
         for names in self.level_modules[max_index + 1:]:
             for name in names:
                 self.set_submodule(name, nn.Identity())
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
-

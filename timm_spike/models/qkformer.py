@@ -6,10 +6,10 @@ shortcut; the first two stages use token-wise Q-K attention (a spike mask from t
 last Spikformer's spiking self-attention. Stems and blocks are spikingjelly's own
 (``spikingjelly.activation_based.model.qkformer``), built by its ``QKFormer`` and adopted here with their
 names, so a checkpoint of the zoo model loads unchanged (``patch_size=16``). Its neurons keep the zoo's
-defaults (tau 2, Sigmoid surrogate, attention LIF at threshold 0.5). This file adds what timm and open_clip
-expect (``timm_spike.models._zoo``): ``forward_features`` / ``forward_head`` / ``reset_classifier``, a readout
-over time that takes any T, a linear head usable as SpikeCLIP's projection, and neurons that start from rest at
-every call.
+defaults (tau 2, Sigmoid surrogate, attention LIF at threshold 0.5). The base of every spiking tower
+(``timm_spike.models._base``, ``_zoo``) adds what timm and open_clip expect: ``forward_features`` /
+``forward_head`` / ``reset_classifier``, a readout over time that takes any T, a linear head usable as SpikeCLIP's
+projection, and neurons that start from rest at every call.
 
 ``patch_size`` is the total stride. 16 is spikingjelly's (ImageNet) layout: the first patch embedding
 max-pools twice, 224x224 -> 56 -> 28 -> 14. 4 is the paper's CIFAR layout, 32x32 -> 32 -> 16 -> 8: the first

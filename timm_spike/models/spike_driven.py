@@ -5,10 +5,10 @@ The spiking patch embedding and the blocks (Spike-Driven Self-Attention: q * sum
 of two spike tensors; membrane-shortcut MLP) are spikingjelly's own
 (``spikingjelly.activation_based.model.spike_driven_transformer``), built by its ``SpikeDrivenTransformer``
 and adopted here with their names, so a checkpoint of the zoo model loads unchanged. Its neurons keep the
-zoo's defaults (tau 2, Sigmoid surrogate, attention LIF at threshold 0.5). This file adds what timm and
-open_clip expect (``timm_spike.models._zoo``): ``forward_features`` / ``forward_head`` / ``reset_classifier``,
-a readout over time that takes any T, a linear head usable as SpikeCLIP's projection, and neurons that start
-from rest at every call.
+zoo's defaults (tau 2, Sigmoid surrogate, attention LIF at threshold 0.5). The base of every spiking tower
+(``timm_spike.models._base``, ``_zoo``) adds what timm and open_clip expect: ``forward_features`` /
+``forward_head`` / ``reset_classifier``, a readout over time that takes any T, a linear head usable as SpikeCLIP's
+projection, and neurons that start from rest at every call.
 
 The head follows the paper: mean over tokens -> LIF (``head_lif``) -> readout over T -> linear, so the
 pooled features are firing rates. ``patch_size`` picks the stem's max-pools: 4 (two pools, 32x32 -> 8x8, the

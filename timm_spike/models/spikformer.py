@@ -2,10 +2,11 @@
 
 Zhou et al., "Spikformer: When Spiking Neural Network Meets Transformer", ICLR 2023, arXiv 2209.15425.
 The tokenizer and blocks are spikingjelly's own (``spikingjelly.activation_based.model.spikformer``), with its
-per-position LIF defaults (tau 2, hard reset, Sigmoid surrogate, attention LIF at threshold 0.5); this file adds
-what timm and open_clip expect: ``forward_features`` / ``forward_head`` / ``reset_classifier``, a readout over
-time that takes any T (``TemporalReadout``), a linear head usable as SpikeCLIP's projection, and a neuron reset
-neurons that start from rest at every call (spikingjelly's LIFNode keeps its membrane potential between calls).
+per-position LIF defaults (tau 2, hard reset, Sigmoid surrogate, attention LIF at threshold 0.5); timm's model
+API comes from the base of every spiking tower (``timm_spike.models._base``, ``_zoo``): ``forward_features`` /
+``forward_head`` / ``reset_classifier``, a readout over time that takes any T (``TemporalReadout``), a linear head
+usable as SpikeCLIP's projection, and neurons that start from rest at every call (spikingjelly's LIFNode keeps
+its membrane potential between calls).
 
 Feature levels: the tokenizer, then every block (all at the tokenizer's stride).
 """

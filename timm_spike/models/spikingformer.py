@@ -21,7 +21,7 @@ Where the two reference codes differ, this file follows Spikingformer and keeps 
 """
 import logging
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -30,13 +30,13 @@ from spikingjelly.activation_based import layer
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import register_notrace_function, register_notrace_module
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
-from timm_spike.layers import (
-    LIFConfig, TemporalReadout, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct,
-    linear_like)
+from timm_spike.layers import LIFConfig, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct
 from timm_spike.layers.guards import check_image, check_state_dict_dtypes
 from timm_spike.layers.spike_layers import FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn
+
+from ._base import (
+    SpikingNet, check_global_pool, describe_mismatches, state_dict_mismatches, to_img_size)
 
 __all__ = ['Spikingformer', 'SpikingTokenizer', 'SpikingSelfAttention', 'SpikingMLP', 'SpikingformerBlock',
            'FusedSpikingSelfAttention', 'FusedSpikingMLP']
@@ -101,23 +101,16 @@ def image_to_sequence(
     return x
 
 
+# the model's forward is written in ``_base``; FX's autowrap only sees the globals of the module a traced forward
+# is defined in, so the function is also wrapped by name, which holds wherever it is called from
+torch.fx.wrap('image_to_sequence')
+
+
 def _check_size(size: int, stride: int, what: str):
     if size < stride or size % stride:
         raise ValueError(
             f'{what} {size} is not supported: the spiking tokenizer downsamples by {stride}, '
             f'so height and width must be positive multiples of {stride}')
-
-
-def resolve_global_pool(current: str, num_classes: int, global_pool: Optional[str] = None) -> str:
-    """The pooling after ``reset_classifier(num_classes, global_pool)``: the current one unless given; a classifier
-    on an unpooled model (``global_pool=''``, not given again) brings back the mean over tokens it needs."""
-    if global_pool is None:
-        return 'avg' if num_classes > 0 else current
-    if global_pool not in ('avg', ''):
-        raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
-    if num_classes > 0 and not global_pool:
-        raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
-    return global_pool
 
 
 @register_notrace_function  # FX: branches on the number of time steps
@@ -336,7 +329,7 @@ class SpikingformerBlock(nn.Module):
         return x + _drop_path(self.mlp(x), self.drop_path, self.training)
 
 
-class Spikingformer(nn.Module):
+class Spikingformer(SpikingNet):
     """Spikingformer with timm's model API.
 
     ``forward_features`` returns the batch-first feature map [B, C, H, W] (the time-major map read out over time);
@@ -396,17 +389,13 @@ class Spikingformer(nn.Module):
         super().__init__()
         if stem not in STEM_POOL_STAGES:
             raise ValueError(f'Unknown stem {stem!r}; choose one of {sorted(STEM_POOL_STAGES)}')
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"Unknown global_pool {global_pool!r}; choose 'avg' or ''")
+        self.global_pool = check_global_pool(global_pool, num_classes)
         self.T = check_time_steps(T)
         self.lif_cfg = LIFConfig.from_any(lif_cfg)
-        self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.img_size = to_img_size(img_size)
         self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.embed_dim = embed_dim
         self.dynamic_img_size = dynamic_img_size
-        self.grad_checkpointing = False
 
         with device_scope(device):
             self.patch_embed = SpikingTokenizer(
@@ -421,25 +410,9 @@ class Spikingformer(nn.Module):
             ])
             self.feature_info = [dict(num_chs=embed_dim, reduction=self.stride, module='patch_embed')] + [
                 dict(num_chs=embed_dim, reduction=self.stride, module=f'blocks.{i}') for i in range(depth)]
-            self.readout = TemporalReadout(self.T, readout)
-            self.head_drop = nn.Dropout(drop_rate)
-            if num_classes and not global_pool:
-                raise ValueError("global_pool='' gives unpooled [B, C, H, W] features and needs num_classes=0")
-            self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+            self._init_head(embed_dim, num_classes, self.T, readout, drop_rate)
         if dtype is not None:
             self.to(dtype=dtype)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        return {'readout.logits'}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
@@ -448,130 +421,30 @@ class Spikingformer(nn.Module):
             blocks=r'^blocks\.(\d+)' if coarse else [(r'^blocks\.(\d+)', None), (r'^readout', (99999,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        # Safe with these neurons: each block call starts from rest, so the recompute matches the first pass.
-        self.grad_checkpointing = enable
+    def _input_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        return image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size, self.T,
+                                 next(self.patch_embed.parameters()).dtype)
 
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        self.global_pool = resolve_global_pool(self.global_pool, num_classes, global_pool)
-        self.num_classes = num_classes
-        self.head = linear_like(self, self.embed_dim, num_classes)
-
-    def _run_stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = image_to_sequence(x, self.in_chans, self.img_size, self.stride, self.dynamic_img_size, self.T,
-                              next(self.patch_embed.parameters()).dtype)
-        # The tokenizer's full-resolution maps hold about as much as all blocks together (at T=8, 32x32), so
-        # grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
+    def _run_levels(self, x: torch.Tensor, stop: Optional[int] = None) -> Iterator[torch.Tensor]:
+        # level 0: the tokenizer. Its full-resolution maps hold about as much as all blocks together (at T=8,
+        # 32x32), so grad checkpointing covers it too; without it the peak falls by only ~45% instead of ~64%.
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint_module(self.patch_embed, x, self.T)
-        return self.patch_embed(x, self.T)
-
-    def _run_blocks(self, x: torch.Tensor, blocks: Sequence[nn.Module]):
-        for blk in blocks:
+            x = checkpoint_module(self.patch_embed, x, self.T)
+        else:
+            x = self.patch_embed(x, self.T)
+        yield x
+        for blk in self.blocks[:None if stop is None else stop - 1]:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = checkpoint_module(blk, x)
             else:
                 x = blk(x)
             yield x
 
-    def forward_features_seq(self, x: torch.Tensor) -> torch.Tensor:
-        """Time-major feature map [T, B, C, H', W'] of an image batch or an encoded [T, B, C, H, W] sequence."""
-        x = self._run_stem(x)
-        for x in self._run_blocks(x, self.blocks):
-            pass
-        return x
+    def _num_levels(self) -> int:
+        return len(self.blocks) + 1
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Batch-first feature map [B, C, H', W']: the time-major map read out over time."""
-        return self.readout(self.forward_features_seq(x))
-
-    def _pool_seq(self, x: torch.Tensor) -> torch.Tensor:
-        # tokens are pooled at each time step, then read out over time: [T, B, C, H, W] -> [B, C] (or [B, C, H, W])
-        if self.global_pool == 'avg':
-            x = x.flatten(3).mean(3)
-        return self.readout(x)
-
-    def _head(self, x: torch.Tensor, pre_logits: bool) -> torch.Tensor:
-        x = self.head_drop(x)
-        return x if pre_logits else self.head(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Head on the batch-first map of ``forward_features`` or the time-major map of ``forward_features_seq``.
-
-        The two agree (pooling over tokens and the readout over time are both linear) up to rounding; ``forward``
-        takes the time-major path.
-        """
-        if x.ndim == 5:
-            x = self._pool_seq(x)
-        elif self.global_pool == 'avg':
-            x = x.flatten(2).mean(2)
-        return self._head(x, pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._head(self._pool_seq(self.forward_features_seq(x)), pre_logits=False)
-
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """Forward features that returns intermediates.
-
-        Feature levels: 0 = the tokenizer, 1..depth = the blocks; each intermediate is batch-first, the level's
-        time-major map read out over time (as ``forward_features``).
-
-        Args:
-            x: Input image tensor.
-            indices: Take last n levels if int, all if None, select matching indices if sequence.
-            norm: Unused (the model has no norm layer).
-            stop_early: Stop iterating over blocks when last desired intermediate hit.
-            output_fmt: 'NCHW' or 'NLC'.
-            intermediates_only: Only return intermediate features.
-
-        Returns:
-            The final batch-first features and the list of intermediates, or just the intermediates.
-        """
-        if output_fmt not in ('NCHW', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take_indices, max_index = feature_take_indices(len(self.blocks) + 1, indices)
-        blocks = self.blocks if not stop_early else self.blocks[:max_index]
-
-        def _take(y: torch.Tensor) -> torch.Tensor:
-            y = self.readout(y)
-            return y.flatten(2).transpose(1, 2) if output_fmt == 'NLC' else y
-
-        intermediates = []
-        x = self._run_stem(x)
-        if 0 in take_indices:
-            intermediates.append(_take(x))
-        for i, x in enumerate(self._run_blocks(x, blocks), start=1):
-            if i in take_indices:
-                intermediates.append(_take(x))
-        if intermediates_only:
-            return intermediates
-        return self.readout(x), intermediates
-
-    def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """Drop the blocks (and optionally the head) not needed for the given intermediates."""
-        take_indices, max_index = feature_take_indices(len(self.blocks) + 1, indices)
+    def _prune_levels(self, max_index: int):
         self.blocks = self.blocks[:max_index]
-        if prune_head:
-            self.reset_classifier(0, '')
-        return take_indices
 
 
 # Spikingformer's own repository names (block.N, patch_embed.projK_*, mlpK_*) -> this file's names.
@@ -594,23 +467,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: Spikingform
             k = re.sub(pattern, repl, k)
         out[k] = v
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    shapes = [f'{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k].shape)}'
-              for k in expected if k in out and out[k].shape != expected[k].shape]
-    if missing or unexpected or shapes:
-        def _few(items):
-            return ', '.join(items[:8]) + (f' ... ({len(items)} in all)' if len(items) > 8 else '')
-        problems = []
-        if shapes:
-            problems.append(f'shape mismatches: {_few(shapes)}')
-        if missing:
-            problems.append(f'missing keys: {_few(missing)}')
-        if unexpected:
-            problems.append(f'unexpected keys: {_few(unexpected)}')
+    problems = describe_mismatches(state_dict_mismatches(expected, out), n=8)
+    if problems:
         raise ValueError(
             'The checkpoint does not fit this model configuration (was it saved from another variant, '
-            'embed_dim, depth, readout or num_classes?): ' + '; '.join(problems))
+            'embed_dim, depth, readout or num_classes?): ' + problems)
     check_state_dict_dtypes(expected, out)  # an int or fp16 tensor would be cast into the model without a word
     return out
 

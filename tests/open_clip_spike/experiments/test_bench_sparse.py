@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from open_clip_spike.cli import main
-from open_clip_spike.experiments.bench_sparse import sparse_agreement
+from open_clip_spike.experiments.bench.sparse import sparse_agreement
 from open_clip_spike.zero_shot import zeroshot
 
 FMNIST = 'tests/fixtures/fashion_mnist'

@@ -31,7 +31,7 @@ from timm_spike.energy import ann_equivalent, calibrate_firing_rates
 from timm_spike.layers import inference_form, spike_kernel
 from timm_spike.layers import spike_kernels
 
-from .bench import LoadMonitor, machine_info, median_interval
+from .timing import LoadMonitor, machine_info, median_interval
 
 __all__ = ['SparseBenchConfig', 'run_sparse_bench', 'sparse_markdown', 'sparse_agreement']
 
