@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from timm_spike.layers import LIFConfig, SpikingLinear, TemporalReadout, create_lif, encode_direct
+from timm_spike.layers import LIFConfig, SpikingLinear, TemporalReadout, create_lif, encode_direct, spiking_mlp
 
 from .base import SpikingTextTower
 
@@ -89,6 +89,8 @@ class SpikingTextMLP(SpikingTextTower):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         x = encode_direct(self.embed(text), self.T)  # [T, B, L*W]: the same input at every step
+        if isinstance(self.fc1, SpikingLinear):  # the inference form (fuse): both layers in one event-driven pass
+            return self.readout(spiking_mlp(self.fc1, self.fc2, x))
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
             # the first layer holds the [T, B, L*W] input and its spikes: recomputing it saves the most memory
             x = checkpoint(self._layer1, x, use_reentrant=False)

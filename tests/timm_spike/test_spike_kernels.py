@@ -224,3 +224,19 @@ def test_spiking_conv_keeps_pool_order(calibrated_tower):
         x = torch.randn(3, 3, 32, 32)
         with torch.no_grad(), spike_kernel('sparse'):
             torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('kernel', ['sparse', 'auto'])
+@pytest.mark.parametrize('shift', [-0.5, 0.3, 2.5])
+def test_fused_mlp_is_the_two_layers_bit_for_bit(kernel, shift):
+    from timm_spike.layers import spiking_mlp
+    g = torch.Generator().manual_seed(3)
+    fc1 = SpikingLinear(create_lif(), torch.randn(48, 40, generator=g), torch.randn(48, generator=g) + shift)
+    fc2 = SpikingLinear(create_lif(), torch.randn(24, 48, generator=g), torch.randn(24, generator=g))
+    u = _currents((1, 3, 7, 40), shift).expand(4, 3, 7, 40)  # direct-encoded, time stride 0
+    with torch.no_grad(), spike_kernel(kernel):
+        both = fc2(fc1(u))
+        fused = spiking_mlp(fc1, fc2, u)
+    assert fused.shape == (4, 3, 7, 24)
+    # one pass or two, sparse or (above the break-even under 'auto') dense: the very same numbers
+    assert torch.equal(fused, both)

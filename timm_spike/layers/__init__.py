@@ -8,4 +8,5 @@ from .readout import READOUTS, TemporalReadout
 from .time import check_time_steps, encode_direct
 from .fx import SPIKING_LEAF_MODULES
 from .factory import device_scope, linear_like
-from .spike_layers import FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn, inference_form, is_inference_form
+from .spike_layers import (
+    FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn, inference_form, is_inference_form, spiking_mlp)

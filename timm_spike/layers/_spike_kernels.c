@@ -278,3 +278,107 @@ void spike_scatter3x3(const int32_t *idx, const int32_t *cnt, int64_t K, const f
         }
     }
 }
+
+/* One LIF step over n channels of one position: v (potentials) advances with input x; the channels that fire
+ * are listed in ids (returns their number). The same arithmetic as spike_lif_index. */
+static inline int32_t lif_step(const float *x, float *v, int64_t n, float tau, float v_threshold, float v_reset,
+                               int hard_reset, int decay_input, int32_t *ids) {
+    const float reset_value = hard_reset ? v_reset : 0.0f;
+    int32_t c = 0;
+    int64_t k = 0;
+#ifdef __AVX2__
+    const __m256 vr = _mm256_set1_ps(reset_value), vtau = _mm256_set1_ps(tau);
+    const __m256 vth = _mm256_set1_ps(v_threshold), vres = _mm256_set1_ps(v_reset);
+    for (; k + 8 <= n; k += 8) {
+        __m256 xv = _mm256_loadu_ps(x + k), vv = _mm256_loadu_ps(v + k), h;
+        if (decay_input)
+            h = _mm256_add_ps(vv, _mm256_div_ps(_mm256_sub_ps(xv, _mm256_sub_ps(vv, vr)), vtau));
+        else
+            h = _mm256_add_ps(_mm256_sub_ps(vv, _mm256_div_ps(_mm256_sub_ps(vv, vr), vtau)), xv);
+        __m256 m = _mm256_cmp_ps(h, vth, _CMP_GE_OQ);
+        __m256 fired = hard_reset ? vres : _mm256_sub_ps(h, vth);
+        _mm256_storeu_ps(v + k, _mm256_blendv_ps(h, fired, m));
+        unsigned bits = (unsigned)_mm256_movemask_ps(m);
+        while (bits) {
+            ids[c++] = (int32_t)(k + __builtin_ctz(bits));
+            bits &= bits - 1;
+        }
+    }
+#endif
+    for (; k < n; k++) {
+        float vv = v[k], h = decay_input ? vv + (x[k] - (vv - reset_value)) / tau : vv - (vv - reset_value) / tau + x[k];
+        int spike = h >= v_threshold;
+        v[k] = spike ? (hard_reset ? v_reset : h - v_threshold) : h;
+        if (spike) ids[c++] = (int32_t)k;
+    }
+    return c;
+}
+
+/* Sum of weight rows ids[0:n] (row length N) plus bias into out[0:N], 64 channels at a time in registers. */
+static inline void gather_row(const int32_t *ids, int32_t n, const float *w, const float *bias, float *out, int64_t N) {
+    for (int64_t n0 = 0; n0 < N; n0 += 64) {
+        int64_t width = N - n0 < 64 ? N - n0 : 64;
+        v8 acc[8];
+        float *accf = (float *)acc;
+        for (int64_t j = 0; j < width; j++) accf[j] = bias ? bias[n0 + j] : 0.0f;
+        switch (width) {
+            case 64: acc_64(acc, w + n0, N, ids, n); break;
+            case 32: acc_32(acc, w + n0, N, ids, n); break;
+            case 16: acc_16(acc, w + n0, N, ids, n); break;
+            case 8: acc_8(acc, w + n0, N, ids, n); break;
+            default: acc_any(accf, w + n0, N, ids, n, width);
+        }
+        memcpy(out + n0, accf, width * sizeof(float));
+    }
+}
+
+/* A spiking MLP, LIF -> linear (K -> H) -> LIF -> linear (H -> N), one position at a time: the hidden layer's
+ * currents and potentials stay in this thread's scratch (cache) instead of making a round trip through memory.
+ * u: [T', P, K] (T stride may be 0), out: [T, P, N]. lif parameters: {tau, threshold, reset} x 2, flags
+ * {hard_reset, decay_input} x 2. counts: spikes in, spikes hidden (summed), and 1 where it stopped early because
+ * the spikes passed max_spikes1 / max_spikes2 (the rates at which the layers run dense; out is then incomplete).
+ * scratch per thread: K + 2 H floats and K + H int32. */
+void spike_mlp(const float *u, int64_t t_stride, int64_t T, int64_t P, int64_t K, int64_t H, int64_t N,
+               const float *lif1, const int32_t *flags1, const float *lif2, const int32_t *flags2,
+               const float *w1t, const float *b1, const float *w2t, const float *b2, float *out,
+               int64_t *counts, int64_t max_spikes1, int64_t max_spikes2, float *scratch, int nthreads) {
+    int64_t spikes1 = 0, spikes2 = 0;
+    int stop = 0;  /* a thread past its share of either budget stops every thread: the caller runs dense */
+    int64_t per_thread = K + 2 * H + K + H;  /* floats: v1, hidden currents, v2; int32 ids1, ids2 (same size) */
+#pragma omp parallel num_threads(nthreads) reduction(+:spikes1, spikes2)
+    {
+        int tid = 0;
+#ifdef _OPENMP
+        extern int omp_get_thread_num(void);
+        tid = omp_get_thread_num();
+#endif
+        float *v1 = scratch + (int64_t)tid * per_thread, *hid = v1 + K, *v2 = hid + H;
+        int32_t *ids1 = (int32_t *)(v2 + H), *ids2 = ids1 + K;
+        const float r1 = flags1[0] ? lif1[2] : 0.0f, r2 = flags2[0] ? lif2[2] : 0.0f;
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < P; p++) {
+            int halt;
+#pragma omp atomic read
+            halt = stop;
+            if (halt) continue;
+            for (int64_t k = 0; k < K; k++) v1[k] = r1;
+            for (int64_t h = 0; h < H; h++) v2[h] = r2;
+            for (int64_t t = 0; t < T; t++) {
+                int32_t n1 = lif_step(u + t * t_stride + p * K, v1, K, lif1[0], lif1[1], lif1[2], flags1[0],
+                                      flags1[1], ids1);
+                gather_row(ids1, n1, w1t, b1, hid, H);
+                int32_t n2 = lif_step(hid, v2, H, lif2[0], lif2[1], lif2[2], flags2[0], flags2[1], ids2);
+                gather_row(ids2, n2, w2t, b2, out + (t * P + p) * N, N);
+                spikes1 += n1;
+                spikes2 += n2;
+            }
+            if (spikes1 * nthreads > max_spikes1 || spikes2 * nthreads > max_spikes2) {
+#pragma omp atomic write
+                stop = 1;
+            }
+        }
+    }
+    counts[0] = spikes1;
+    counts[1] = spikes2;
+    counts[2] = stop;
+}

@@ -33,7 +33,7 @@ from .config import get_spike_kernel
 from .fused_lif import FusedLIFParams, lif_multi_step_fused
 
 __all__ = ['SPARSE_MAX_RATE', 'native_kernels_available', 'native_kernels', 'sparse_allowed', 'lif_linear',
-           'lif_conv3x3', 'last_rate']
+           'lif_conv3x3', 'lif_mlp', 'last_rate']
 
 _logger = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.spike_index.argtypes = [ptr, i64, i64, ptr, ptr, i32]
     lib.spike_gather.restype = None
     lib.spike_gather.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32]
+    lib.spike_mlp.restype = None
+    lib.spike_mlp.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
+                              i64, i64, ptr, i32]
     lib.spike_scatter3x3.restype = None
     lib.spike_scatter3x3.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i32]
     return lib
@@ -275,3 +278,44 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
     if bias is not None:
         out += bias
     return out.reshape(T, B, Ho, Wo, N)
+
+
+def _lif_args(p: FusedLIFParams) -> Tuple[torch.Tensor, torch.Tensor]:
+    hard = p.v_reset is not None
+    return (torch.tensor([p.tau, p.v_threshold, p.v_reset if hard else 0.0], dtype=torch.float32),
+            torch.tensor([int(hard), int(p.decay_input)], dtype=torch.int32))
+
+
+def lif_mlp(u: torch.Tensor, T: int, p1: FusedLIFParams, w1t: torch.Tensor, b1: Optional[torch.Tensor],
+            p2: FusedLIFParams, w2t: torch.Tensor, b2: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``linear2(LIF2(linear1(LIF1(u))))`` in one pass per position (the hidden layer never leaves the cache):
+    [T', ..., K] -> [T, ..., N], the result of ``lif_linear`` twice, bit for bit.
+
+    Native kernels only; None where they are unavailable, or under 'auto' when either layer's rate passes its
+    break-even (the kernel stops early then and the caller runs the layers one by one, each dense or not).
+    """
+    lib = _load()
+    if lib is None:
+        return None
+    K, H = w1t.shape
+    N = w2t.shape[1]
+    lead = u.shape[1:-1]
+    u3 = u.reshape(u.shape[0], -1, K)
+    if u3.stride(2) != 1 or u3.stride(1) != K:
+        u3 = u3.contiguous()
+    P = u3.shape[1]
+    limit = SPARSE_MAX_RATE['linear'] if get_spike_kernel() != 'sparse' else 1.0
+    (l1, f1), (l2, f2) = _lif_args(p1), _lif_args(p2)
+    counts = torch.zeros(3, dtype=torch.int64)
+    threads = _threads()
+    scratch = torch.empty((threads, 2 * K + 3 * H), dtype=torch.float32)
+    out = torch.empty((T, P, N), dtype=torch.float32)
+    lib.spike_mlp(u3.data_ptr(), 0 if u3.shape[0] == 1 else u3.stride(0), T, P, K, H, N, l1.data_ptr(),
+                  f1.data_ptr(), l2.data_ptr(), f2.data_ptr(), w1t.data_ptr(), b1.data_ptr() if b1 is not None else None,
+                  w2t.data_ptr(), b2.data_ptr() if b2 is not None else None, out.data_ptr(), counts.data_ptr(),
+                  int(limit * T * P * K), int(limit * T * P * H), scratch.data_ptr(), threads)
+    if counts[2]:
+        return None
+    _last.rate = float(counts[1]) / (T * P * H)
+    _last.rates = (float(counts[0]) / (T * P * K), _last.rate)
+    return out.reshape(T, *lead, N)

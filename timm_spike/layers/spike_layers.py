@@ -21,9 +21,10 @@ import torch.nn.functional as F
 
 from .config import get_spike_kernel
 from .fused_lif import FusedLIFParams, fused_params_from_node
-from .spike_kernels import lif_conv3x3, lif_linear, sparse_allowed
+from .spike_kernels import lif_conv3x3, lif_linear, lif_mlp, sparse_allowed
 
-__all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear', 'inference_form', 'is_inference_form']
+__all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear', 'spiking_mlp', 'inference_form',
+           'is_inference_form']
 
 _logger = logging.getLogger(__name__)
 
@@ -160,6 +161,20 @@ class SpikingLinear(_SpikeInput):
 
     def extra_repr(self) -> str:
         return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
+
+
+def spiking_mlp(fc1: SpikingLinear, fc2: SpikingLinear, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
+    """``fc2(fc1(x, T))`` for two spike-input layers in a row (a spiking MLP): on the event-driven path one native
+    pass per position (``spike_kernels.lif_mlp``: the hidden layer stays in the cache), bit for bit what the two
+    layers give one after the other; otherwise the two layers, each deciding its own kernel."""
+    T = x.shape[0] if T is None else T
+    p1, p2 = fc1._lif_params(), fc2._lif_params()
+    if p1 is not None and p2 is not None and fc1._sparse_allowed(x) and fc2._sparse_allowed(x):
+        out = lif_mlp(x, T, p1, fc1._kernel_weight(lambda w: w.t()), fc1.bias.detach(), p2,
+                      fc2._kernel_weight(lambda w: w.t()), fc2.bias.detach())
+        if out is not None:
+            return out
+    return fc2(fc1(x, T), T)
 
 
 def is_inference_form(model: nn.Module) -> bool:

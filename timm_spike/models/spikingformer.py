@@ -33,7 +33,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from timm_spike.layers import LIFConfig, check_time_steps, checkpoint_module, create_lif, device_scope, encode_direct
 from timm_spike.layers.guards import check_image, check_state_dict_dtypes
-from timm_spike.layers.spike_layers import FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn
+from timm_spike.layers.spike_layers import FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn, spiking_mlp
 
 from ._base import (
     SpikingNet, check_global_pool, describe_mismatches, state_dict_mismatches, to_img_size)
@@ -302,7 +302,7 @@ class FusedSpikingMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x.shape
-        x = self.fc2(self.fc1(x.permute(0, 1, 3, 4, 2)))  # [T, B, H, W, C]: free when x is channels last
+        x = spiking_mlp(self.fc1, self.fc2, x.permute(0, 1, 3, 4, 2))  # [T, B, H, W, C]: free when channels last
         return x.permute(0, 1, 4, 2, 3)
 
 
