@@ -5,3 +5,4 @@ from .files import (
 from .publish import (
     PickledWeightsError, download_from_hub, load_image_encoder, load_spikeclip, push_to_hub, validate_energy_report,
     write_hub_folder)
+from .space import push_space, space_files, space_url, write_space_folder
