@@ -47,11 +47,12 @@ from .model import SpikeCLIP
 from .zero_shot import build_classifier, eval_mode, resolve_classnames_templates
 
 __all__ = ['ZeroShotApp', 'ZeroShotResult', 'load_image', 'parse_names', 'parse_templates', 'build_demo',
-           'launch', 'example_images', 'require_gradio', 'APP_EXTRA', 'CLASSNAME_SETS']
+           'launch', 'example_images', 'require_gradio', 'APP_EXTRA', 'CLASSNAME_SETS', 'MAX_UPLOAD']
 
 _logger = logging.getLogger(__name__)
 
 APP_EXTRA = "pip install 'spikeclip[app]'"
+MAX_UPLOAD = '25mb'  # Gradio refuses larger uploads before they reach the page
 # Class-name sets the page offers (the sets the project ships, in one place: open_clip_spike.data).
 CLASSNAME_SETS = tuple(CLASSNAMES)
 # Prompts whose text-tower operations are counted per class list (the energy per prompt is their mean).
@@ -296,7 +297,6 @@ class ZeroShotApp:
         self.name = config_name or (ref if schema is None else 'SpikeCLIP')
         self.source = identifier if schema == 'hf-hub' else Path(pretrained or model).name if (
             pretrained or schema == 'local-dir') else 'random weights'
-        self.config = json.loads((folder / 'open_clip_config.json').read_text()) if folder is not None else None
         self.trained = pretrained is not None or folder is not None
         self.device = torch.device(device)
         self.published = _published_energy(folder, pretrained)
@@ -458,6 +458,13 @@ def _fmt(x: Optional[float]) -> str:
     return '-' if x is None else f'{x:.3g}'
 
 
+def _ops(x: Optional[float]) -> str:
+    """An operation count in millions or billions, as the energy literature writes them."""
+    if x is None:
+        return '-'
+    return f'{x / 1e9:.3g} G' if x >= 1e9 else f'{x / 1e6:.3g} M' if x >= 1e4 else f'{x:.3g}'
+
+
 def _ratio(energy: float, r: 'ZeroShotResult') -> str:
     return f'{energy / r.energy_mj:.1f}x' if r.energy_mj else '-'
 
@@ -473,13 +480,13 @@ def result_markdown(app: ZeroShotApp, r: ZeroShotResult) -> str:
         f'Image tower forward: **{r.seconds * 1000:.1f} ms** on {r.device} (T = {r.T}); class embeddings: '
         + ('from the cache.' if r.cached else f'computed in {r.text_seconds:.2f} s, kept for this class list.'),
         '',
-        '| image tower, this image | MACs | SOPs | energy (mJ) | ratio |',
+        '| image tower, this image | MACs | SOPs | mJ | ratio |',
         '|---|---|---|---|---|',
-        f'| {app.name}, spiking, T = {r.T} | {r.macs:.3g} | {r.sops:.3g} | {r.energy_mj:.3g} | 1 |',
-        f'| the same network as an ANN | {r.ann_macs:.3g} | 0 | {r.ann_energy_mj:.3g} | {_ratio(r.ann_energy_mj, r)} |',
+        f'| {app.name}, spiking, T = {r.T} | {_ops(r.macs)} | {_ops(r.sops)} | {r.energy_mj:.3g} | 1 |',
+        f'| the same network as an ANN | {_ops(r.ann_macs)} | 0 | {r.ann_energy_mj:.3g} | {_ratio(r.ann_energy_mj, r)} |',
     ]
     if p.get('teacher_energy_mj'):
-        lines.append(f"| teacher {p.get('teacher') or ''} (ANN, published) | {_fmt(p.get('teacher_macs'))} | 0 | "
+        lines.append(f"| teacher {p.get('teacher') or ''} (ANN, published) | {_ops(p.get('teacher_macs'))} | 0 | "
                      f"{p['teacher_energy_mj']:.3g} | {_ratio(p['teacher_energy_mj'], r)} |")
     mfr = r.mean_firing_rate
     lines += ['', f'Mean firing rate {"-" if mfr is None else f"{mfr:.3f}"} over {len(r.firing_rates)} neuron layers '
@@ -625,7 +632,7 @@ def launch(app: Union[ZeroShotApp, str], *, host: str = '127.0.0.1', port: int =
     """
     demo = build_demo(app, classnames=classnames, **app_kwargs)
     _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=quiet,
-                            show_error=False, share=False, max_file_size='25mb', ssr_mode=False)
+                            show_error=False, share=False, max_file_size=MAX_UPLOAD, ssr_mode=False)
     if block:
         try:
             demo.block_thread()

@@ -6,6 +6,7 @@ binds 127.0.0.1 (this machine only) unless ``--host`` says otherwise.
 import argparse
 import ipaddress
 import logging
+import signal
 import sys
 from typing import List, Optional
 
@@ -42,6 +43,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
@@ -59,12 +64,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                           max_prompts=args.max_prompts)
         demo, url = launch(app, host=args.host, port=args.port, classnames=args.classnames, block=False)
     except (ValueError, OSError, RuntimeError, ImportError) as e:
-        print(f'spikeclip app: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}',
-              file=sys.stderr)
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if 'empty port' in message:  # Gradio's words for a port in use
+            message = f'port {args.port} of {args.host} is in use: choose another with --port'
+        print(f'spikeclip app: error: {message}', file=sys.stderr)
         return 2
     where = ('this machine only (--host 0.0.0.0 serves other machines)' if _is_loopback(args.host) else
              f'bound to {args.host}: other machines on its networks can open it')
     print(f'spikeclip app: {app.name} on {url} ({where}); Ctrl-C stops it', flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: close the server as Ctrl-C does
     try:
         demo.block_thread()
     except KeyboardInterrupt:

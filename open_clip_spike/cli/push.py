@@ -2,7 +2,8 @@
 
 Energy always travels with the checkpoint: without ``--energy-report`` the command measures it itself on the
 sample images bundled with timm_spike (``open_clip_spike.energy.energy_for_publishing``), and the report and the
-model card say which images those were.
+model card say which images those were. ``--space ORG/NAME`` also publishes a Gradio Space with the zero-shot page
+of the model (``open_clip_spike.hub.space``), linked from the card.
 """
 import argparse
 import json

@@ -113,13 +113,13 @@ Written by `spikeclip push --space`.
 """
     sets = f', classnames={classnames!r}' if classnames else ''
     app = f'''"""The zero-shot page of the SpikeCLIP {model_repo_id} (open_clip_spike.app), as a Space."""
-from open_clip_spike.app import ZeroShotApp, build_demo
+from open_clip_spike.app import MAX_UPLOAD, ZeroShotApp, build_demo
 
 app = ZeroShotApp('hf-hub:{model_repo_id}')
 demo = build_demo(app{sets})
 
 if __name__ == '__main__':
-    demo.launch()
+    demo.launch(max_file_size=MAX_UPLOAD)
 '''
     return {SPACE_APP: app, SPACE_REQUIREMENTS: requirement + '\n',
             MODEL_CARD: f'---\n{data.to_yaml()}\n---\n{body}'}

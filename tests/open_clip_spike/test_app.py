@@ -109,7 +109,8 @@ def _free_port() -> int:
 @pytest.fixture(scope='module')
 def server(published, tmp_path_factory):
     """``spikeclip app`` in a subprocess on a free port of 127.0.0.1, run from an empty folder with its own Gradio
-    temporary folder; yields its URL, the printed line and those folders; stopped with Ctrl-C (SIGINT)."""
+    temporary folder; yields its URL, the printed line and those folders; stopped as a service manager stops it
+    (SIGTERM, handled as Ctrl-C)."""
     pytest.importorskip('gradio', reason="the page needs gradio (pip install 'spikeclip[app]')")
     base = tmp_path_factory.mktemp('server')
     cwd, gradio_tmp = base / 'cwd', base / 'gradio'
@@ -140,9 +141,9 @@ def server(published, tmp_path_factory):
     before = {p: p.stat().st_mtime_ns for p in published['folder'].iterdir()}
     info = dict(url=url, port=port, line=line, cwd=cwd, gradio_tmp=gradio_tmp, proc=proc, lines=lines)
     yield info
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
     try:
-        info['returncode'] = proc.wait(timeout=60)
+        assert proc.wait(timeout=60) == 0, ''.join(lines)[-3000:]
     except subprocess.TimeoutExpired:
         proc.kill()
         raise
@@ -353,6 +354,13 @@ def test_cli_serves_this_machine_only_and_says_so(server):
     with socket.socket() as s:
         s.settimeout(5)
         assert s.connect_ex(('127.0.0.2', server['port'])) != 0
+
+
+def test_cli_port_in_use_is_one_line(server, published, capsys):
+    from open_clip_spike.cli import app as cli
+    assert cli.main(['--model', f"local-dir:{published['folder']}", '--port', str(server['port'])]) == 2
+    err = capsys.readouterr().err
+    assert err == f"spikeclip app: error: port {server['port']} of 127.0.0.1 is in use: choose another with --port\n"
 
 
 def test_page_bad_inputs_concurrent_tabs_and_keeps_serving(server, published, app, tmp_path):
