@@ -25,7 +25,6 @@ import base64
 import io
 import json
 import logging
-import math
 import os
 import threading
 import time
@@ -33,7 +32,7 @@ import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +40,13 @@ import torch.nn.functional as F
 from timm_spike.energy import EnergyConstants, ann_equivalent, energy_report
 
 from .checkpoint import check_checkpoint_file
-from .data import CLASSNAMES, TEMPLATES
+from .data import CLASSNAMES
 from .factory import register_model_configs
 from .model import SpikeCLIP
 from .zero_shot import build_classifier, eval_mode, resolve_classnames_templates
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ['ZeroShotApp', 'ZeroShotResult', 'load_image', 'parse_names', 'parse_templates', 'build_demo',
            'launch', 'example_images', 'require_gradio', 'APP_EXTRA', 'CLASSNAME_SETS', 'MAX_UPLOAD']
@@ -70,7 +72,7 @@ def _pixel_limit() -> Optional[int]:
     return Image.MAX_IMAGE_PIXELS  # PIL's decompression-bomb limit, read (never changed) here
 
 
-def load_image(source: Any, input_size: int = 224) -> 'PIL.Image.Image':
+def load_image(source: Any, input_size: int = 224) -> 'Image.Image':
     """An RGB PIL image from a PIL image, an array, bytes or a file, refused with a one-line ValueError when bad.
 
     The checks: PIL can read it, it is within PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
@@ -311,6 +313,12 @@ class ZeroShotApp:
         self._cache: 'OrderedDict[Tuple, Tuple[torch.Tensor, Dict[str, Any]]]' = OrderedDict()
         # The neurons keep state within a forward: one classification at a time (several tabs queue here).
         self._lock = threading.Lock()
+        # one forward at launch, so that the time shown for the first image is not that of a first call
+        # (kernel compilation, allocator warm-up)
+        size = self.model.visual.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        with torch.no_grad(), eval_mode(self.model):
+            self.model.encode_image(torch.zeros(1, 3, *size, device=self.device))
 
     @property
     def T(self) -> int:

@@ -16,6 +16,7 @@ from typing import Dict, Optional, Union
 
 from timm_spike.utils import remove_stale_temps, temp_prefix
 
+from ..data import CLASSNAMES
 from .files import MODEL_CARD
 
 __all__ = ['SPACE_APP', 'SPACE_REQUIREMENTS', 'space_files', 'space_url', 'write_space_folder', 'push_space']
@@ -77,11 +78,9 @@ def space_files(
     """
     from huggingface_hub import SpaceCardData
 
-    from open_clip_spike.app import CLASSNAME_SETS
-
     _check_repo_id(model_repo_id, 'The model repo id')
-    if classnames is not None and classnames not in CLASSNAME_SETS:
-        raise ValueError(f'Unknown class-name set {classnames!r}; choose one of {", ".join(CLASSNAME_SETS)}')
+    if classnames is not None and classnames not in CLASSNAMES:
+        raise ValueError(f'Unknown class-name set {classnames!r}; choose one of {", ".join(CLASSNAMES)}')
     requirement = requirement or _default_requirement()
     if '\n' in requirement or not requirement.strip():
         raise ValueError(f'requirement must be one requirement line, got {requirement!r}')
