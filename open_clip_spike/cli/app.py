@@ -69,9 +69,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             message = f'port {args.port} of {args.host} is in use: choose another with --port'
         print(f'spikeclip app: error: {message}', file=sys.stderr)
         return 2
-    where = ('this machine only (--host 0.0.0.0 serves other machines)' if _is_loopback(args.host) else
+    where = ('bound to this machine only (--host 0.0.0.0 serves other machines)' if _is_loopback(args.host) else
              f'bound to {args.host}: other machines on its networks can open it')
-    print(f'spikeclip app: {app.name} on {url} ({where}); Ctrl-C stops it', flush=True)
+    print(f'spikeclip app: {app.name} on {url}, {where}; Ctrl-C stops it', flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: close the server as Ctrl-C does
     try:
         demo.block_thread()

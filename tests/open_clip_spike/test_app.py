@@ -345,7 +345,7 @@ def test_cli_bad_arguments_exit_2(capsys, tmp_path):
 
 
 def test_cli_serves_this_machine_only_and_says_so(server):
-    assert f"on {server['url']}/ (this machine only" in server['line']
+    assert f"on {server['url']}/, bound to this machine only" in server['line']
     assert server['url'] == f"http://127.0.0.1:{server['port']}"
     import urllib.request
     with urllib.request.urlopen(server['url'], timeout=30) as r:
