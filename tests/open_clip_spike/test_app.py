@@ -137,7 +137,7 @@ def server(published, tmp_path_factory):
             pytest.fail('spikeclip app did not start:\n' + ''.join(lines)[-4000:])
         time.sleep(0.2)
     line = next(l for l in lines if l.startswith('spikeclip app:'))
-    url = re.search(r'(http://\S+)', line).group(1).rstrip('/')
+    url = re.search(r'(http://[^\s,]+)', line).group(1).rstrip('/')
     before = {p: p.stat().st_mtime_ns for p in published['folder'].iterdir()}
     info = dict(url=url, port=port, line=line, cwd=cwd, gradio_tmp=gradio_tmp, proc=proc, lines=lines)
     yield info
