@@ -514,28 +514,31 @@ def result_markdown(app: ZeroShotApp, r: ZeroShotResult) -> str:
     return '\n'.join(lines)
 
 
-def _image_component(gr, input_size: int):
-    """``gr.Image`` whose upload is read by ``load_image``: a bad file is a message on the page, not a traceback,
-    and PIL's size limit is checked before the pixels are decoded."""
+def _check_uploads(image, input_size: int):
+    """Have ``image`` (a ``gr.Image``) read its uploads with ``load_image``: a bad file is a message on the page, not
+    a traceback, and PIL's size limit is checked before the pixels are decoded.
 
-    class CheckedImage(gr.Image):
-        is_template = True  # drawn by the page as gr.Image
+    The method is replaced on the instance: a subclass of a Gradio component would make Gradio write a ``.pyi``
+    stub beside this module.
+    """
+    import gradio as gr
 
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            try:
-                if payload.url and payload.url.startswith('data:'):
-                    source = base64.b64decode(payload.url.split(',', 1)[-1])
-                elif payload.path:
-                    source = payload.path
-                else:
-                    raise ValueError('The upload carried no image')
-                return load_image(source, input_size)
-            except ValueError as e:
-                raise gr.Error(str(e), print_exception=False) from None
+    def preprocess(payload):
+        if payload is None:
+            return None
+        try:
+            if payload.url and payload.url.startswith('data:'):
+                source = base64.b64decode(payload.url.split(',', 1)[-1])
+            elif payload.path:
+                source = payload.path
+            else:
+                raise ValueError('The upload carried no image')
+            return load_image(source, input_size)
+        except ValueError as e:
+            raise gr.Error(str(e), print_exception=False) from None
 
-    return CheckedImage
+    image.preprocess = preprocess
+    return image
 
 
 def build_demo(app: Union[ZeroShotApp, str], *, classnames: Optional[str] = None, examples: bool = True,
@@ -558,7 +561,6 @@ def build_demo(app: Union[ZeroShotApp, str], *, classnames: Optional[str] = None
         app = ZeroShotApp(app, **app_kwargs)
     if classnames is not None and classnames not in CLASSNAME_SETS:
         raise ValueError(f'Unknown class-name set {classnames!r}; choose one of {", ".join(CLASSNAME_SETS)}')
-    Image = _image_component(gr, app.input_size)
     sets = [('typed below', '')] + [(f'{k} ({len(CLASSNAMES[k])} classes)', k) for k in CLASSNAME_SETS]
 
     def run(image, class_set, typed, typed_templates):
@@ -596,8 +598,8 @@ def build_demo(app: Union[ZeroShotApp, str], *, classnames: Optional[str] = None
         gr.Markdown(header)
         with gr.Row():
             with gr.Column():
-                image = Image(label='Image', type='pil', sources=['upload', 'clipboard', 'webcam'], elem_id='image',
-                              height=280)
+                image = _check_uploads(gr.Image(label='Image', type='pil', sources=['upload', 'clipboard', 'webcam'],
+                                                elem_id='image', height=280), app.input_size)
                 if examples and example_images():
                     gr.Examples(example_images(), inputs=image, label='Examples')
                 class_set = gr.Dropdown(sets, value=classnames or '', label='Class-name set', elem_id='class-set')

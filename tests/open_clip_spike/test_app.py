@@ -155,6 +155,7 @@ def server(published, tmp_path_factory):
     examples = {Path(e).name for e in example_images()}
     left = [p for p in gradio_tmp.rglob('*') if p.is_file() and p.name not in examples]
     assert not left, left
+    assert not list(Path(open_clip_spike.__file__).parent.rglob('*.pyi'))  # no stubs written beside the package
 
 
 # ----------------------------------------------------------------------------------------------------------------
