@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo demo-quick data test test-hosts clean
+.PHONY: demo demo-quick data browser test test-hosts clean
 
 FMNIST = /usr/share/datasets/fashion-mnist
 
@@ -21,6 +21,15 @@ data:
 		$$S apt-get install -y -q dataset-fashion-mnist || \
 		{ $$S apt-get update -q && $$S apt-get install -y -q dataset-fashion-mnist; }; fi
 
+# Debian's Chromium for the zero-shot page's browser test (Playwright drives it; it cannot download its own).
+# Without apt or a network the test skips and says why.
+browser:
+	@if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then \
+		S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$S apt-get install -y -q chromium || \
+		{ $$S apt-get update -q && $$S apt-get install -y -q chromium; } || \
+		echo 'make browser: could not install chromium; the browser test will be skipped'; fi
+
 demo: $(STAMP) data
 	$(VENV)/bin/spikeclip demo --out out/demo
 
@@ -29,7 +38,7 @@ demo-quick: $(STAMP) data
 
 # Two workers (pytest-xdist), one file each at a time: most of the suite's time is single-threaded (interpreter
 # start-up, commands in subprocesses), so two files at once keep both cores busy.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # The hosts' own suites over everything this project registers (CI runs it after `test`; ~12 min on 2 cores):

@@ -24,6 +24,7 @@ COMMANDS = {
     'bench': ('open_clip_spike.cli.bench', 'speed and memory of the spiking towers vs the same network as an ANN, at T = 1, 2, 4, 8'),
     'bench-cache': ('open_clip_spike.cli.bench_cache', 'epoch time of distillation with the teacher-feature cache vs without'),
     'clip-benchmark': ('open_clip_spike.cli.clip_benchmark', "clip_benchmark's CLI with the SpikeCLIP configs registered (eval in fp32; export-wds writes local datasets such as Fashion-MNIST)"),
+    'app': ('open_clip_spike.cli.app', "a local web page that classifies an image zero-shot with one SpikeCLIP and shows its spikes, operations and energy (pip install 'spikeclip[app]')"),
     'export-nir': ('open_clip_spike.cli.export_nir', 'export a spiking tower to NIR (the neuromorphic exchange format) for other simulators and chips'),
 }
 

@@ -2,7 +2,8 @@
 
 Energy always travels with the checkpoint: without ``--energy-report`` the command measures it itself on the
 sample images bundled with timm_spike (``open_clip_spike.energy.energy_for_publishing``), and the report and the
-model card say which images those were.
+model card say which images those were. ``--space ORG/NAME`` also publishes a Gradio Space with the zero-shot page
+of the model (``open_clip_spike.hub.space``), linked from the card.
 """
 import argparse
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
 from open_clip_spike.energy import PUBLISH_ENERGY_DATA, energy_for_publishing
-from open_clip_spike.hub import push_to_hub, write_hub_folder
+from open_clip_spike.hub import push_space, push_to_hub, space_files, space_url, write_hub_folder, write_space_folder
 
 
 def _read_json(path: Optional[str], what: str) -> Optional[Any]:
@@ -62,16 +63,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument('--license', default='apache-2.0')
     p.add_argument('--overwrite', action='store_true', help='replace an existing --local-dir folder')
     p.add_argument('--no-verify', action='store_true', help='skip reloading the folder with open_clip and timm')
+    p.add_argument('--space', default=None, metavar='ORG/NAME',
+                   help='also publish a Gradio Space with the zero-shot page of --repo-id (linked from the card); '
+                        'with --local-dir its folder is written beside it (--space-dir)')
+    p.add_argument('--space-dir', default=None,
+                   help='where --local-dir writes the Space folder (default: the --local-dir path + "-space")')
+    p.add_argument('--space-requirement', default=None,
+                   help="how the Space installs spikeclip (default spikeclip[app]==<this version>; e.g. "
+                        "'spikeclip[app] @ git+https://...')")
     p.add_argument('--token', default=None,
                    help='Hub token (default: HF_TOKEN or `hf auth login`; prefer those: a command-line token is '
                         'visible to other users of the machine)')
     args = p.parse_args(argv)
     if args.repo_id is None and args.local_dir is None:
         p.error('give --repo-id ORG/NAME to upload, or --local-dir DIR to write the folder only')
+    if args.space is not None and args.repo_id is None:
+        p.error('a Space loads the model by its repo id: give --repo-id ORG/NAME with --space')
+    space_dir = args.space_dir or (f'{args.local_dir.rstrip("/")}-space' if args.local_dir and args.space else None)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     try:
-        if args.local_dir is not None and Path(args.local_dir).exists() and not args.overwrite:
-            raise FileExistsError(f'{args.local_dir} exists; choose a new folder or pass --overwrite')
+        for folder in (args.local_dir, space_dir):
+            if folder is not None and Path(folder).exists() and not args.overwrite:
+                raise FileExistsError(f'{folder} exists; choose a new folder or pass --overwrite')
+        space = dict(requirement=args.space_requirement, license=args.license)
+        if args.space is not None:
+            space_files(args.repo_id, **space)  # a bad requirement or missing gradio fails before any work
         model, energy = args.checkpoint, args.energy_report
         if energy is None:
             model, energy = energy_for_publishing(args.checkpoint, args.model)
@@ -80,16 +96,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             energy_report=energy,
             zeroshot_results=_read_zeroshot(args.zeroshot_results),
             training=_read_json(args.training_recipe, 'Training recipe'),
-            license=args.license, verify=not args.no_verify)
+            license=args.license, verify=not args.no_verify, space_id=args.space)
         if args.local_dir is not None:
             folder = write_hub_folder(args.local_dir, model, args.model, repo_id=args.repo_id,
                                       overwrite=args.overwrite, **common)
             print(f'wrote {folder}: ' + ', '.join(sorted(f.name for f in folder.iterdir())))
             print(f"load it with open_clip.create_model_and_transforms('local-dir:{folder}') or "
                   f"timm.create_model('local-dir:{folder}', pretrained=True)")
+            if args.space is not None:
+                written = write_space_folder(space_dir, args.repo_id, overwrite=args.overwrite, **space)
+                print(f'wrote the Space {args.space} to {written}: ' + ', '.join(sorted(f.name for f in written.iterdir())))
             return 0
         info = push_to_hub(model, args.repo_id, args.model, private=args.private, revision=args.revision,
                            commit_message=args.commit_message, token=args.token, **common)
+        space_info = None
+        if args.space is not None:
+            space_info = push_space(args.space, args.repo_id, private=args.private, token=args.token,
+                                    local_dir=space_dir, overwrite=args.overwrite, **space)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f'spikeclip push: error: {e}', file=sys.stderr)
         return 2
@@ -98,6 +121,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print(f'pushed {args.model} to {args.repo_id} (revision {args.revision or "main"}, commit {info.oid})')
     print(f'  {info.commit_url}')
+    if space_info is not None:
+        print(f'pushed the Space {args.space} (commit {space_info.oid}): {space_url(args.space)}')
     return 0
 
 

@@ -110,6 +110,14 @@ def _zeroshot_section(results: Any) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def _space_section(space_id: Optional[str]) -> str:
+    if not space_id:
+        return ''
+    from .space import space_url
+    return (f'\n**Try it in the browser**: the Space [{space_id}]({space_url(space_id)}) classifies your image with '
+            f'this model and shows, for that image, the firing rate per layer, the operations and the energy.\n')
+
+
 def _training_section(training: Optional[Mapping[str, Any]]) -> str:
     lines = ['## Training recipe', '']
     if training:
@@ -125,7 +133,8 @@ def _training_section(training: Optional[Mapping[str, Any]]) -> str:
 
 def model_card(repo_id: Optional[str], model_name: str, architecture: str, T: Optional[int],
                 energy: Optional[Dict[str, Any]], zeroshot: Optional[Mapping[str, Any]],
-                training: Optional[Mapping[str, Any]], license: str, text_tower: str = 'a spiking MLP') -> str:
+                training: Optional[Mapping[str, Any]], license: str, text_tower: str = 'a spiking MLP',
+                space_id: Optional[str] = None) -> str:
     from huggingface_hub import ModelCardData
 
     card_data = ModelCardData(
@@ -140,7 +149,7 @@ SpikeCLIP ([Lv et al., 2023](https://arxiv.org/abs/2310.06488)): a CLIP whose im
 neural networks (spikingjelly LIF neurons, T = {T} time steps). The image encoder is the timm model
 `{architecture}`; the text encoder is {text_tower}. Images and prompts map into one embedding space for
 zero-shot classification. Published with spikeclip (`timm_spike` for timm, `open_clip_spike` for open_clip).
-
+{_space_section(space_id)}
 ## How to load
 
 With open_clip (whole model, zero-shot):

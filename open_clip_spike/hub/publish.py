@@ -276,6 +276,7 @@ def write_hub_folder(
         license: str = 'apache-2.0',
         overwrite: bool = False,
         verify: bool = True,
+        space_id: Optional[str] = None,
 ) -> Path:
     """Write a SpikeCLIP model as a Hub repository folder that open_clip and timm both load.
 
@@ -296,6 +297,7 @@ def write_hub_folder(
         license: License tag of the card.
         overwrite: Replace an existing ``save_directory``.
         verify: Reload the folder with open_clip and timm (``local-dir:``) and check the weights are identical.
+        space_id: A Space serving this model's zero-shot page (``hub.space``), linked from the card.
 
     Returns:
         The folder path.
@@ -347,7 +349,7 @@ def write_hub_folder(
         text_arch = (model_cfg.get('text_cfg') or {}).get('arch', 'mlp')
         text_tower = 'a spiking transformer' if text_arch == 'transformer' else 'a spiking MLP'
         card = model_card(repo_id, model_name, architecture, T, energy, zeroshot_results, training, license,
-                           text_tower=text_tower)
+                           text_tower=text_tower, space_id=space_id)
         (tmp / MODEL_CARD).write_text(card, encoding='utf-8')
         if verify:
             _verify_folder(tmp, model, tower)
@@ -385,6 +387,7 @@ def push_to_hub(
         license: str = 'apache-2.0',
         overwrite: bool = False,
         verify: bool = True,
+        space_id: Optional[str] = None,
 ):
     """Write the Hub folder (see :func:`write_hub_folder`) and upload it as one commit.
 
@@ -407,6 +410,7 @@ def push_to_hub(
         license: License tag of the card.
         overwrite: Replace an existing ``local_dir``.
         verify: Reload the folder with open_clip and timm before uploading.
+        space_id: A Space serving this model's zero-shot page, linked from the card (``hub.space.push_space``).
 
     Returns:
         huggingface_hub's ``CommitInfo`` (``.oid`` is the commit to load this exact version with).
@@ -419,7 +423,7 @@ def push_to_hub(
         folder = write_hub_folder(
             Path(local_dir) if local_dir is not None else Path(tmp) / 'repo', model_or_checkpoint, model_name,
             model_cfg=model_cfg, energy_report=energy_report, zeroshot_results=zeroshot_results, training=training,
-            repo_id=repo_id, license=license, overwrite=overwrite, verify=verify)
+            repo_id=repo_id, license=license, overwrite=overwrite, verify=verify, space_id=space_id)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and revision != 'main':

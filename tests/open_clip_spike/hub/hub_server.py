@@ -4,7 +4,7 @@ No installable local Hub server exists, so this one is written by hand. It imple
 downloading a model repository needs, with the Hub's response shapes and error headers
 (``X-Error-Code: RepoNotFound | RevisionNotFound | EntryNotFound``), so the client raises its real exceptions:
 
-- ``POST /api/repos/create``                                  create a model repo (409 if it exists)
+- ``POST /api/repos/create``                                  create a model or Space repo (409 if it exists)
 - ``POST /api/validate-yaml``                                 README front matter check (YAML must parse)
 - ``POST /api/models/{repo}/preupload/{rev}``                 upload mode per file (always "regular": inline
                                                               base64 in the commit; no LFS/Xet storage)
@@ -15,6 +15,8 @@ downloading a model repository needs, with the Hub's response shapes and error h
 - ``HEAD|GET /{repo}/resolve/{rev}/{path}``                   file bytes with ``ETag`` (git blob sha1),
                                                               ``X-Repo-Commit``, ``Content-Length``, ``Range``
 
+Spaces (``repo_type='space'``) have the same routes under ``/api/spaces/`` and ``/spaces/{repo}/resolve/``; they are
+kept in ``repos`` under ``spaces/ORG/NAME``.
 Writes need ``Authorization: Bearer <token>`` when the server has a token; private repos need it for reads too.
 Every request's method, path and whether it carried the right token is recorded in ``server.requests``.
 Loopback only. Run standalone with ``python tests/open_clip_spike/hub_server.py --port 8080``.
@@ -111,11 +113,12 @@ class HubServer:
 
     # --- repository operations (also used by tests to seed repos without going through the client) ---
 
-    def create_repo(self, repo_id: str, private: bool = False) -> Repo:
+    def create_repo(self, repo_id: str, private: bool = False, repo_type: str = 'model') -> Repo:
+        key = _key(repo_type, repo_id)
         with self._lock:
-            if repo_id in self.repos:
-                raise HubError(409, None, f'You already created this model repo: {repo_id}')
-            repo = self.repos[repo_id] = Repo(repo_id, private=private)
+            if key in self.repos:
+                raise HubError(409, None, f'You already created this {repo_type} repo: {repo_id}')
+            repo = self.repos[key] = Repo(repo_id, private=private)
             self._commit(repo, 'main', 'initial commit', {'.gitattributes': _INITIAL_GITATTRIBUTES}, [], create=True)
             return repo
 
@@ -169,6 +172,11 @@ class HubServer:
         if repo_id not in self.repos:
             raise HubError(404, 'RepoNotFound', 'Repository not found')
         return self.repos[repo_id]
+
+
+def _key(repo_type: str, repo_id: str) -> str:
+    """Where ``HubServer.repos`` keeps a repo: model repos by their id, Spaces as ``spaces/ORG/NAME``."""
+    return repo_id if repo_type in ('model', 'models', None) else f'spaces/{repo_id}'
 
 
 def _split_repo_path(parts: List[str]) -> Tuple[str, List[str]]:
@@ -245,10 +253,12 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._create_repo(json.loads(body or b'{}'))
             if method == 'POST' and parts[1:] == ['validate-yaml']:
                 return self._validate_yaml(json.loads(body or b'{}'))
-            if parts[1:2] == ['models']:
+            if parts[1:2] in (['models'], ['spaces']):
                 repo_id, rest = _split_repo_path(parts[2:])
-                return self._model_api(method, repo_id, rest, query, body)
+                return self._model_api(method, _key(parts[1], repo_id), rest, query, body)
             raise HubError(404, None, f'Unknown API route /{"/".join(parts)}')
+        if len(parts) >= 6 and parts[0] == 'spaces' and parts[3] == 'resolve' and method in ('GET', 'HEAD'):
+            return self._resolve(method, _key('space', f'{parts[1]}/{parts[2]}'), parts[4], '/'.join(parts[5:]))
         if len(parts) >= 5 and parts[2] == 'resolve' and method in ('GET', 'HEAD'):
             repo_id = f'{parts[0]}/{parts[1]}'
             return self._resolve(method, repo_id, parts[3], '/'.join(parts[4:]))
@@ -273,18 +283,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _create_repo(self, payload: Dict):
         self._need_write()
-        if payload.get('type', 'model') not in ('model', None):
-            raise HubError(400, None, 'This test Hub only hosts model repos')
+        repo_type = payload.get('type') or 'model'
+        if repo_type not in ('model', 'space'):
+            raise HubError(400, None, 'This test Hub only hosts model repos and Spaces')
+        if repo_type == 'space' and payload.get('sdk') not in ('gradio', 'docker', 'static', 'streamlit'):
+            raise HubError(400, None, f"A Space needs an sdk, got {payload.get('sdk')!r}")
         name, org = payload.get('name'), payload.get('organization')
         if not name or not org:
             raise HubError(400, None, 'Repo id must be "namespace/name"')
         repo_id = f'{org}/{name}'
         try:
             private = payload.get('visibility') == 'private' or bool(payload.get('private'))
-            self.hub.create_repo(repo_id, private=private)
+            self.hub.create_repo(repo_id, private=private, repo_type=repo_type)
         except HubError as e:
-            return self._json(409, {'error': e.message, 'url': f'{self.hub.endpoint}/{repo_id}'})
-        self._json(200, {'url': f'{self.hub.endpoint}/{repo_id}', 'name': repo_id})
+            return self._json(409, {'error': e.message, 'url': f'{self.hub.endpoint}/{_key(repo_type, repo_id)}'})
+        self._json(200, {'url': f'{self.hub.endpoint}/{_key(repo_type, repo_id)}', 'name': repo_id})
 
     def _validate_yaml(self, payload: Dict):
         content = payload.get('content', '')
