@@ -37,10 +37,18 @@ __all__ = ['SPARSE_MAX_RATE', 'native_kernels_available', 'native_kernels', 'spa
 
 _logger = logging.getLogger(__name__)
 
-# Spike rates above which 'auto' runs a layer dense. Set below the break-even of the native kernel against the
-# dense layer measured on a 2-core AVX2 CPU over the layer shapes of the registered models (`spikeclip bench
-# --rate-sweep`, docs/benchmarks.md), so that a densely firing layer never gets slower.
-SPARSE_MAX_RATE = {'linear': 0.15, 'conv3x3': 0.15}
+# Spike rates above which 'auto' runs a layer dense: below the break-even of the native kernels against the dense
+# layer measured on a 2-core AVX2 CPU over the layer shapes of the registered models (docs/benchmarks.md: linear
+# 0.3-0.4; 3x3 convolutions 0.25-0.3 from 64 input channels, about 0.1 below, where the per-position work of the
+# event-driven path weighs more), so that a densely firing layer does not get slower.
+SPARSE_MAX_RATE = {'linear': 0.25, 'conv3x3': 0.2, 'conv3x3, < 64 input channels': 0.08}
+_NARROW_CONV = 64
+
+
+def _max_rate(kind: str, channels: int) -> float:
+    if kind == 'conv3x3' and channels < _NARROW_CONV:
+        return SPARSE_MAX_RATE['conv3x3, < 64 input channels']
+    return SPARSE_MAX_RATE[kind]
 
 # A 3x3 convolution scatters from its inputs below this many active inputs per position, else gathers.
 _SCATTER_MAX_PER_POSITION = float(os.environ.get('TIMM_SPIKE_SCATTER_MAX', 2.0))
@@ -144,10 +152,10 @@ def sparse_allowed(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
 
 
-def _rate_ok(nnz: int, numel: int, kind: str) -> bool:
+def _rate_ok(nnz: int, numel: int, kind: str, channels: int) -> bool:
     rate = nnz / max(numel, 1)
     _last.rate = rate
-    return get_spike_kernel() == 'sparse' or rate <= SPARSE_MAX_RATE[kind]
+    return get_spike_kernel() == 'sparse' or rate <= _max_rate(kind, channels)
 
 
 def _threads() -> int:
@@ -208,7 +216,7 @@ def lif_linear(u: torch.Tensor, T: int, p: FusedLIFParams, weight_t: torch.Tenso
     lib = _load()
     if lib is not None:
         idx, cnt, nnz, _ = _native_lif_index(lib, u3, T, p, want_map=False)
-        if not _rate_ok(nnz, T * P * K, 'linear'):
+        if not _rate_ok(nnz, T * P * K, 'linear', K):
             return None
         out = torch.empty((T * P, N), dtype=torch.float32)
         # one position per row: B = rows, H = W = 1
@@ -218,7 +226,7 @@ def lif_linear(u: torch.Tensor, T: int, p: FusedLIFParams, weight_t: torch.Tenso
         return out.reshape(T, *lead, N)
     s = _lif_spikes(u3, T, p).reshape(T * P, K)
     cols, offsets = _bags(s)
-    if not _rate_ok(cols.numel(), s.numel(), 'linear'):
+    if not _rate_ok(cols.numel(), s.numel(), 'linear', K):
         return None
     out = F.embedding_bag(cols, weight_t, offsets, mode='sum')
     if bias is not None:
@@ -254,7 +262,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
             scratch = torch.empty((_threads(), C), dtype=torch.uint8)
             nnz = lib.spike_pool_index(spikes.data_ptr(), T * B, H, W, C, Ho, Wo, idx.data_ptr(), cnt.data_ptr(),
                                        scratch.data_ptr(), _threads())
-        if not _rate_ok(nnz, T * P * C, 'conv3x3'):
+        if not _rate_ok(nnz, T * P * C, 'conv3x3', C):
             return None
         out = torch.empty((T * B, Ho, Wo, N), dtype=torch.float32)
         args = (idx.data_ptr(), cnt.data_ptr(), C, weight9.data_ptr(), bias.data_ptr() if bias is not None else None,
@@ -268,7 +276,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
     if pool:
         s = F.max_pool2d(s.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
     s = s.to(torch.uint8)
-    if not _rate_ok(int(s.count_nonzero()), s.numel(), 'conv3x3'):
+    if not _rate_ok(int(s.count_nonzero()), s.numel(), 'conv3x3', C):
         return None
     # the 3x3 neighbourhoods as a uint8 view (no float im2col), then one bag per output position
     s = F.pad(s, (0, 0, 1, 1, 1, 1))
