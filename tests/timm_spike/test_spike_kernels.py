@@ -240,3 +240,16 @@ def test_fused_mlp_is_the_two_layers_bit_for_bit(kernel, shift):
     assert fused.shape == (4, 3, 7, 24)
     # one pass or two, sparse or (above the break-even under 'auto') dense: the very same numbers
     assert torch.equal(fused, both)
+
+
+def test_spike_counts_agree_dense_and_event_driven(calibrated_tower):
+    from timm_spike.layers import spike_counts
+    _, fused = calibrated_tower
+    x = torch.randn(4, 3, 32, 32)
+    got = {}
+    with torch.no_grad():
+        for kernel in ('dense', 'sparse', 'auto'):
+            with spike_kernel(kernel), spike_counts(fused) as got[kernel]:
+                fused(x)
+    assert len(got['dense']) == 8 and sum(got['dense'].values()) > 0  # stages 1-4, qkv, proj, fc1, fc2
+    assert got['sparse'] == got['dense'] == got['auto']  # the neurons' spikes, whichever path ran

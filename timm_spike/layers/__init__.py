@@ -9,4 +9,4 @@ from .time import check_time_steps, encode_direct
 from .fx import SPIKING_LEAF_MODULES
 from .factory import device_scope, linear_like
 from .spike_layers import (
-    FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn, inference_form, is_inference_form, spiking_mlp)
+    FoldedConv2d, SpikingConv2d, SpikingLinear, fold_bn, inference_form, is_inference_form, spike_counts, spiking_mlp)

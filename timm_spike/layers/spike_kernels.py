@@ -33,7 +33,7 @@ from .config import get_spike_kernel
 from .fused_lif import FusedLIFParams, lif_multi_step_fused
 
 __all__ = ['SPARSE_MAX_RATE', 'native_kernels_available', 'native_kernels', 'sparse_allowed', 'lif_linear',
-           'lif_conv3x3', 'lif_mlp', 'last_rate']
+           'lif_conv3x3', 'lif_mlp', 'last_rate', 'last_spikes', 'last_mlp_spikes']
 
 _logger = logging.getLogger(__name__)
 
@@ -141,8 +141,19 @@ def native_kernels(enabled: bool) -> Iterator[None]:
 
 
 def last_rate() -> Optional[float]:
-    """Spike rate seen by the last event-driven call of this thread (None before any)."""
+    """Spike rate seen by the last event-driven call of this thread (None before any): at the layer's input,
+    after the max-pool of a pooled convolution."""
     return getattr(_last, 'rate', None)
+
+
+def last_spikes() -> Optional[int]:
+    """Spikes the neuron of the last event-driven layer call of this thread made (before any pool)."""
+    return getattr(_last, 'spikes', None)
+
+
+def last_mlp_spikes() -> Optional[Tuple[int, int]]:
+    """Spikes of the two neurons of the last ``lif_mlp`` call of this thread."""
+    return getattr(_last, 'spikes_pair', None)
 
 
 def sparse_allowed(x: torch.Tensor) -> bool:
@@ -216,6 +227,7 @@ def lif_linear(u: torch.Tensor, T: int, p: FusedLIFParams, weight_t: torch.Tenso
     lib = _load()
     if lib is not None:
         idx, cnt, nnz, _ = _native_lif_index(lib, u3, T, p, want_map=False)
+        _last.spikes = nnz
         if not _rate_ok(nnz, T * P * K, 'linear', K):
             return None
         out = torch.empty((T * P, N), dtype=torch.float32)
@@ -226,6 +238,7 @@ def lif_linear(u: torch.Tensor, T: int, p: FusedLIFParams, weight_t: torch.Tenso
         return out.reshape(T, *lead, N)
     s = _lif_spikes(u3, T, p).reshape(T * P, K)
     cols, offsets = _bags(s)
+    _last.spikes = cols.numel()
     if not _rate_ok(cols.numel(), s.numel(), 'linear', K):
         return None
     out = F.embedding_bag(cols, weight_t, offsets, mode='sum')
@@ -256,6 +269,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
     lib = _load()
     if lib is not None:
         idx, cnt, nnz, spikes = _native_lif_index(lib, u.reshape(u.shape[0], B * H * W, C), T, p, want_map=pool)
+        _last.spikes = nnz  # the neuron's spikes (before the pool)
         if pool:
             idx = torch.empty((T * P, C), dtype=torch.int32)
             cnt = torch.empty((T * P,), dtype=torch.int32)
@@ -273,6 +287,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
             lib.spike_gather(*args, 3, _threads())
         return out.reshape(T, B, Ho, Wo, N)
     s = _lif_spikes(u, T, p).reshape(T * B, H, W, C)
+    _last.spikes = int(s.count_nonzero())
     if pool:
         s = F.max_pool2d(s.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
     s = s.to(torch.uint8)
@@ -325,5 +340,5 @@ def lif_mlp(u: torch.Tensor, T: int, p1: FusedLIFParams, w1t: torch.Tensor, b1: 
     if counts[2]:
         return None
     _last.rate = float(counts[1]) / (T * P * H)
-    _last.rates = (float(counts[0]) / (T * P * K), _last.rate)
+    _last.spikes_pair = (int(counts[0]), int(counts[1]))
     return out.reshape(T, *lead, N)

@@ -13,7 +13,9 @@ Tensors stay channels last between these layers ([T, B, H, W, C] in memory), the
 write; the modules take and return the model's time-major shapes ([T, B, C, H, W] views of that memory).
 """
 import logging
-from typing import Optional, Tuple, Union
+import threading
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -21,12 +23,19 @@ import torch.nn.functional as F
 
 from .config import get_spike_kernel
 from .fused_lif import FusedLIFParams, fused_params_from_node
-from .spike_kernels import lif_conv3x3, lif_linear, lif_mlp, sparse_allowed
+from .spike_kernels import last_mlp_spikes, last_spikes, lif_conv3x3, lif_linear, lif_mlp, sparse_allowed
 
 __all__ = ['fold_bn', 'FoldedConv2d', 'SpikingConv2d', 'SpikingLinear', 'spiking_mlp', 'inference_form',
-           'is_inference_form']
+           'is_inference_form', 'spike_counts']
 
 _logger = logging.getLogger(__name__)
+_recorder = threading.local()
+
+
+def _record(layer: nn.Module, spikes: Union[int, float, Callable[[], torch.Tensor]]) -> None:
+    fn = getattr(_recorder, 'fn', None)
+    if fn is not None:
+        fn(layer, float(spikes() if callable(spikes) else spikes))
 
 
 @torch.no_grad()
@@ -123,12 +132,17 @@ class SpikingConv2d(_SpikeInput):
         if self.pool == 'real':
             x = _max_pool_seq(x)
         params = self._lif_params()
+        counted = False
         if params is not None and self._sparse_allowed(x):
             w9 = self._kernel_weight(lambda w: w.permute(2, 3, 1, 0).reshape(9, w.shape[1], w.shape[0]))
             out = lif_conv3x3(x.permute(0, 1, 3, 4, 2), T, params, w9, self.bias.detach(), self.pool == 'spike')
+            _record(self, last_spikes())
             if out is not None:
                 return out.permute(0, 1, 4, 2, 3)
+            counted = True  # above the break-even: dense below, the spikes already counted
         s = self._spikes(x, T)
+        if not counted:
+            _record(self, lambda: s.sum())
         if self.pool == 'spike':
             s = _max_pool_seq(s)
         out = F.conv2d(s.flatten(0, 1).contiguous(memory_format=torch.channels_last), self.weight, self.bias,
@@ -153,11 +167,17 @@ class SpikingLinear(_SpikeInput):
     def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
         T = x.shape[0] if T is None else T
         params = self._lif_params()
+        counted = False
         if params is not None and self._sparse_allowed(x):
             out = lif_linear(x, T, params, self._kernel_weight(lambda w: w.t()), self.bias.detach())
+            _record(self, last_spikes())
             if out is not None:
                 return out
-        return F.linear(self._spikes(x, T), self.weight, self.bias)
+            counted = True
+        s = self._spikes(x, T)
+        if not counted:
+            _record(self, lambda: s.sum())
+        return F.linear(s, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f'in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}'
@@ -173,8 +193,39 @@ def spiking_mlp(fc1: SpikingLinear, fc2: SpikingLinear, x: torch.Tensor, T: Opti
         out = lif_mlp(x, T, p1, fc1._kernel_weight(lambda w: w.t()), fc1.bias.detach(), p2,
                       fc2._kernel_weight(lambda w: w.t()), fc2.bias.detach())
         if out is not None:
+            n1, n2 = last_mlp_spikes()
+            _record(fc1, n1)
+            _record(fc2, n2)
             return out
     return fc2(fc1(x, T), T)
+
+
+@contextmanager
+def spike_counts(model: nn.Module) -> Iterator[Dict[str, float]]:
+    """Count, within the block, the spikes that the neuron of each spike-input layer of ``model`` (in inference
+    form) makes, by layer name, whichever kernel runs: the same figure dense and event-driven (a neuron whose
+    potential lands on its threshold aside), for comparing the two paths.
+
+    Example::
+
+        with spike_counts(fused) as counts:
+            fused(images)
+        counts  # {'patch_embed.stages.1': 40864358.0, ...}
+    """
+    names = {m: n for n, m in model.named_modules() if isinstance(m, (SpikingConv2d, SpikingLinear))}
+    counts = {n: 0.0 for n in names.values()}
+
+    def record(layer: nn.Module, spikes: float):
+        name = names.get(layer)
+        if name is not None:
+            counts[name] += spikes
+
+    previous = getattr(_recorder, 'fn', None)
+    _recorder.fn = record
+    try:
+        yield counts
+    finally:
+        _recorder.fn = previous
 
 
 def is_inference_form(model: nn.Module) -> bool:

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from timm_spike.energy import ann_equivalent, calibrate_firing_rates
-from timm_spike.layers import inference_form, spike_kernel
+from timm_spike.layers import inference_form, spike_counts, spike_kernel
 from timm_spike.layers import spike_kernels
 
 from .timing import LoadMonitor, machine_info, median_interval
@@ -137,40 +137,6 @@ def _measure_tower(name: str, model: nn.Module, ann: nn.Module, inputs: torch.Te
     return res
 
 
-class _SpikeCounts:
-    """Spikes at the input of every event-driven layer of a model in inference form, summed over calls: exact
-    for the dense path (hooks on the layers' own neurons), from the kernels' counts for the event-driven one."""
-
-    def __init__(self, fused: nn.Module):
-        from timm_spike.layers import SpikingConv2d, SpikingLinear
-        self.counts: Dict[str, float] = {}
-        self.hooks = []
-        for name, m in fused.named_modules():
-            if isinstance(m, (SpikingConv2d, SpikingLinear)):
-                self.counts[name] = 0.0
-                self.hooks.append(m.lif.register_forward_hook(self._neuron(name)))
-                self.hooks.append(m.register_forward_hook(self._layer(name, m)))
-
-    def _neuron(self, name):
-        def hook(mod, inputs, out):
-            self.counts[name] += float(out.sum())
-            self._ran = True
-        return hook
-
-    def _layer(self, name, layer):
-        def hook(mod, inputs, out):
-            if not getattr(self, '_ran', False):  # the neuron ran inside the kernel: its count
-                x = inputs[0]
-                T = inputs[1] if len(inputs) > 1 and inputs[1] is not None else x.shape[0]
-                self.counts[name] += spike_kernels.last_rate() * T * x[0].numel()
-            self._ran = False
-        return hook
-
-    def close(self):
-        for h in self.hooks:
-            h.remove()
-
-
 def sparse_agreement(
         model_name: str,
         checkpoint: Optional[str],
@@ -211,23 +177,16 @@ def _agreement(model, fused, tokenizer, ds, names, templates, batch_size, model_
     counts = {}
     preds, feats, labels = {'dense': [], 'sparse': []}, {'dense': [], 'sparse': []}, []
     for kernel, net, cls in (('dense', model, cls_dense), ('sparse', fused, cls_sparse)):
-        rec = _SpikeCounts(fused.visual) if net is fused else None
-        with spike_kernel(kernel if net is model else 'auto'):
+        with spike_kernel(kernel if net is model else 'auto'), spike_counts(fused.visual) as counts['sparse']:
             for x, y in DataLoader(ds, batch_size=batch_size):
                 f = torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1)
                 feats[kernel].append(f)
                 preds[kernel].append((f @ cls).argmax(1))
                 if kernel == 'dense':
                     labels.append(torch.as_tensor(y))
-        if rec is not None:
-            counts['sparse'] = rec.counts
-            rec.close()
-    rec = _SpikeCounts(fused.visual)
-    with spike_kernel('dense'):
+    with spike_kernel('dense'), spike_counts(fused.visual) as counts['fused_dense']:
         for x, _ in DataLoader(ds, batch_size=batch_size):
             fused.encode_image(x)
-    counts['fused_dense'] = rec.counts
-    rec.close()
     y = torch.cat(labels)
     pd, ps = torch.cat(preds['dense']), torch.cat(preds['sparse'])
     fd, fs = torch.cat(feats['dense']), torch.cat(feats['sparse'])
@@ -250,8 +209,9 @@ def _torch_ops():
     return stack
 
 
-def _spikeclip_towers(arch: str, checkpoint: Optional[str], cfg: SparseBenchConfig, n: int):
-    """(tower name, model, ann twin, inputs, forward) for both towers of an open_clip SpikeCLIP."""
+def _spikeclip_towers(arch: str, checkpoint: Optional[str], cfg: SparseBenchConfig, n: int, image: bool = True):
+    """(tower name, model, ann twin, inputs, forward) for both towers of an open_clip SpikeCLIP (the text tower
+    alone with ``image=False``)."""
     import open_clip
     import open_clip_spike  # noqa: F401  (registers the configs)
     from open_clip_spike.data import get_classnames, get_templates
@@ -265,15 +225,24 @@ def _spikeclip_towers(arch: str, checkpoint: Optional[str], cfg: SparseBenchConf
     tokens = open_clip.get_tokenizer(arch)([prompts[i % len(prompts)] for i in range(n)])
     notes = []
     if checkpoint is None:
-        image_rates = calibrate_firing_rates(model.visual, images[:32], cfg.rate)
-        text_rates = calibrate_firing_rates(model.text, tokens[:32], cfg.rate)
+        image_rates = calibrate_firing_rates(model.visual, images[:8], cfg.rate, steps=10)
+        text_rates = calibrate_firing_rates(model.text, tokens[:32], cfg.rate, steps=10)
         notes.append(f'untrained; calibrated to rate {cfg.rate}: image {len(image_rates)} neurons, '
                      f'text {len(text_rates)} neurons')
     model.eval()
-    return [
-        (f'{arch} image tower', model.visual, ann_equivalent(model.visual).eval(), images, lambda m, x: m(x)),
-        (f'{arch} text tower', model.text, ann_equivalent(model.text).eval(), tokens, lambda m, x: m(x)),
-    ], notes
+    towers = [(f'{arch} text tower', model.text, ann_equivalent(model.text).eval(), tokens, lambda m, x: m(x))]
+    if image:
+        towers.insert(0, (f'{arch} image tower', model.visual, ann_equivalent(model.visual).eval(), images,
+                          lambda m, x: m(x)))
+    return towers, notes
+
+
+def _image_tower_name(arch: str) -> Optional[str]:
+    """The timm model an open_clip config builds its image tower with, when it passes no arguments to it."""
+    import open_clip
+    import open_clip_spike  # noqa: F401
+    vision = (open_clip.get_model_config(arch) or {}).get('vision_cfg', {})
+    return None if vision.get('timm_model_kwargs') else vision.get('timm_model_name')
 
 
 def _timm_tower(name: str, cfg: SparseBenchConfig, n: int, rate: float):
@@ -282,8 +251,8 @@ def _timm_tower(name: str, cfg: SparseBenchConfig, n: int, rate: float):
     model = timm.create_model(name, **cfg.model_kwargs.get(name, {}))
     g = torch.Generator().manual_seed(0)
     size = model.img_size
-    calib = torch.randn(32 if not cfg.quick else 4, 3, *size, generator=g)
-    calibrate_firing_rates(model, calib, rate)
+    calib = torch.randn(8 if not cfg.quick else 4, 3, *size, generator=g)
+    calibrate_firing_rates(model, calib, rate, steps=10)
     x = torch.randn(n, 3, *size, generator=g)
     return model.eval(), ann_equivalent(model).eval(), x
 
@@ -303,8 +272,11 @@ def run_sparse_bench(cfg: SparseBenchConfig) -> Dict[str, Any]:
         notes += [f'student: {cfg.student_model} from {cfg.student}, images from {cfg.data}']
     for name in cfg.models:
         if name.startswith('SpikeCLIP'):
-            towers, nts = _spikeclip_towers(name, None, cfg, n_max)
+            image = _image_tower_name(name) not in cfg.models  # the same tower measured as a timm model already
+            towers, nts = _spikeclip_towers(name, None, cfg, n_max, image=image)
             notes += [f'{name}: {t}' for t in nts]
+            if not image:
+                notes.append(f'{name}: image tower = {_image_tower_name(name)}, measured above')
             groups.append((name, towers))
         else:
             model, ann, x = _timm_tower(name, cfg, n_max, cfg.rate)
