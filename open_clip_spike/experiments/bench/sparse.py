@@ -304,9 +304,11 @@ def run_sparse_bench(cfg: SparseBenchConfig) -> Dict[str, Any]:
                           auto_speedup=_ratio_stats(times['dense'], times['auto'])))
         _logger.info('rate %.2f: sparse x%.2f, auto x%.2f over dense', rate, sweep[-1]['sparse_speedup']['median'],
                      sweep[-1]['auto_speedup']['median'])
+    load = monitor.result()  # the timed part; the agreement check below is not timed
+    agreement = sparse_agreement(cfg.student_model, cfg.student, cfg.data) if cfg.student else None
     return dict(config=asdict(cfg), machine=machine_info(torch.get_num_threads(), 'cpu'), native_kernels=native,
                 sparse_max_rate=dict(spike_kernels.SPARSE_MAX_RATE), towers=results, sweep=sweep, notes=notes,
-                load=monitor.result())
+                load=load, agreement=agreement)
 
 
 def _fmt(stats: Dict[str, Any]) -> str:
@@ -342,6 +344,17 @@ def sparse_markdown(result: Dict[str, Any]) -> str:
     lines += ['', 'Agreement (event-driven vs dense outputs): ' + ', '.join(
         f"{r['tower']} b{r['batch']}: max |diff| {r['max_abs_diff']:.2g}, min cosine {r['cosine_min']:.6f}"
         for r in result['towers'])]
+    a = result.get('agreement')
+    if a:
+        lines += ['', f"Answers of the student ({a['model']}, {a['checkpoint']}) over {a['n']} images of {a['data']}: "
+                      f"zero-shot top-1 dense {a['top1_dense']:.4f}, event-driven {a['top1_sparse']:.4f}; same "
+                      f"prediction on {a['same_prediction']:.4%} of the images; normalised image embeddings within "
+                      f"{a['embedding_max_abs_diff']:.2g} (min cosine {a['embedding_min_cosine']:.5f}); class "
+                      f"embeddings within {a['classifier_max_abs_diff']:.2g}. Spikes per layer, event-driven vs dense "
+                      '(net difference: neurons flipped at the threshold):', '',
+                  '| layer | dense | event-driven | difference |', '|---|---|---|---|']
+        lines += [f"| {k} | {v['dense']:.0f} | {v['event_driven']:.0f} | {v['difference']:+.0f} |"
+                  for k, v in a['image_layer_spikes'].items()]
     load = result['load']
     lines += ['', f"Other processes' CPU share during the run: {load.get('other_processes_cpu_share', 0):.2f}"
                   f"{' (UNDER LOAD: figures unreliable)' if load.get('under_load') else ''}"]
