@@ -46,6 +46,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument('--student-model', default='SpikeCLIP-Tiny', help='the student\'s open_clip config')
     g.add_argument('--data', default=None, help='images: IDX folder (Fashion-MNIST), ImageFolder or skimage')
     g.add_argument('--rate', type=float, default=None, help='firing rate untrained towers are calibrated to')
+    # (--models: the untrained towers to measure, e.g. spikingformer_clip SpikeCLIP-Spikingformer-4-384; none: only
+    # the --checkpoint student)
     g.add_argument('--sweep-rates', type=float, nargs='*', default=None, help='rates of the sweep (none: skip)')
     g.add_argument('--rounds', type=int, default=None, help='timed rounds per variant')
     g.add_argument('--batch-sizes', type=int, nargs='+', default=None, help='batches timed (default 256 1)')
@@ -98,7 +100,7 @@ def _sparse(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in dict(
         student=args.checkpoint, student_model=args.student_model, data=args.data, rate=args.rate,
         sweep_rates=args.sweep_rates, rounds=args.rounds, batch_sizes=args.batch_sizes, threads=args.threads,
-        models=args.models).items() if v is not None}
+        models=() if args.models == ['none'] else args.models).items() if v is not None}
     try:
         cfg = SparseBenchConfig.quick_config(**overrides) if args.quick else SparseBenchConfig(**overrides)
         result = run_sparse_bench(cfg)

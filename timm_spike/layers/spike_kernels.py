@@ -37,17 +37,20 @@ __all__ = ['SPARSE_MAX_RATE', 'native_kernels_available', 'native_kernels', 'spa
 
 _logger = logging.getLogger(__name__)
 
-# Spike rates above which 'auto' runs a layer dense: below the break-even of the native kernels against the dense
-# layer measured on a 2-core AVX2 CPU over the layer shapes of the registered models (docs/benchmarks.md: linear
-# 0.3-0.4; 3x3 convolutions 0.25-0.3 from 64 input channels, about 0.1 below, where the per-position work of the
-# event-driven path weighs more), so that a densely firing layer does not get slower.
-SPARSE_MAX_RATE = {'linear': 0.25, 'conv3x3': 0.2, 'conv3x3, < 64 input channels': 0.08}
+# Spike rates above which 'auto' runs a layer dense: below the break-even of the native kernels against the layer's
+# dense path, measured on a 2-core AVX2 CPU over the layer shapes of the registered models
+# (recipes/bench/sparse_break_even.py, bench-results/cpu-sparse): linear layers 0.3-0.4; 3x3 convolutions 0.25-0.3
+# from 64 input channels, about 0.1 below (the per-position work of the event-driven path weighs more), except
+# after a max-pool of spikes, whose dense path pays a float max-pool the event-driven one does as an OR of bytes.
+# The rate of a pooled convolution is the one of its pooled input.
+SPARSE_MAX_RATE = {'linear': 0.25, 'conv3x3': 0.2, 'conv3x3, < 64 input channels': 0.08,
+                   'conv3x3, < 64 input channels, pooled': 0.5}
 _NARROW_CONV = 64
 
 
-def _max_rate(kind: str, channels: int) -> float:
+def _max_rate(kind: str, channels: int, pooled: bool = False) -> float:
     if kind == 'conv3x3' and channels < _NARROW_CONV:
-        return SPARSE_MAX_RATE['conv3x3, < 64 input channels']
+        return SPARSE_MAX_RATE['conv3x3, < 64 input channels' + (', pooled' if pooled else '')]
     return SPARSE_MAX_RATE[kind]
 
 # A 3x3 convolution scatters from its inputs below this many active inputs per position, else gathers.
@@ -163,10 +166,10 @@ def sparse_allowed(x: torch.Tensor) -> bool:
     return x.device.type == 'cpu' and x.dtype == torch.float32 and not (torch.is_grad_enabled() and x.requires_grad)
 
 
-def _rate_ok(nnz: int, numel: int, kind: str, channels: int) -> bool:
+def _rate_ok(nnz: int, numel: int, kind: str, channels: int, pooled: bool = False) -> bool:
     rate = nnz / max(numel, 1)
     _last.rate = rate
-    return get_spike_kernel() == 'sparse' or rate <= _max_rate(kind, channels)
+    return get_spike_kernel() == 'sparse' or rate <= _max_rate(kind, channels, pooled)
 
 
 def _threads() -> int:
@@ -276,7 +279,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
             scratch = torch.empty((_threads(), C), dtype=torch.uint8)
             nnz = lib.spike_pool_index(spikes.data_ptr(), T * B, H, W, C, Ho, Wo, idx.data_ptr(), cnt.data_ptr(),
                                        scratch.data_ptr(), _threads())
-        if not _rate_ok(nnz, T * P * C, 'conv3x3', C):
+        if not _rate_ok(nnz, T * P * C, 'conv3x3', C, pool):
             return None
         out = torch.empty((T * B, Ho, Wo, N), dtype=torch.float32)
         args = (idx.data_ptr(), cnt.data_ptr(), C, weight9.data_ptr(), bias.data_ptr() if bias is not None else None,
@@ -291,7 +294,7 @@ def lif_conv3x3(u: torch.Tensor, T: int, p: FusedLIFParams, weight9: torch.Tenso
     if pool:
         s = F.max_pool2d(s.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
     s = s.to(torch.uint8)
-    if not _rate_ok(int(s.count_nonzero()), s.numel(), 'conv3x3', C):
+    if not _rate_ok(int(s.count_nonzero()), s.numel(), 'conv3x3', C, pool):
         return None
     # the 3x3 neighbourhoods as a uint8 view (no float im2col), then one bag per output position
     s = F.pad(s, (0, 0, 1, 1, 1, 1))
