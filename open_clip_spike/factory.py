@@ -7,7 +7,9 @@ the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open
 ``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
 ``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs. A SpikeCLIP config
 therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextCLIP branch) and
-``"model_class": "SpikeCLIP"``.
+``"model_class": "SpikeCLIP"``. The factory's ``load_state_dict`` global is also wrapped so that a
+safetensors file carrying a digest (``timm_spike.integrity``: every weight file this project writes) is checked
+before open_clip loads it; files without one load as before.
 """
 import logging
 import os
@@ -17,6 +19,8 @@ from typing import Callable, Dict, List, Optional
 import open_clip
 import open_clip.factory as _oc_factory
 from open_clip.model import CustomTextCLIP
+
+from timm_spike.integrity import verifying_loader
 
 from .model import SpikeCLIP
 
@@ -54,6 +58,8 @@ def _patch_open_clip_factory() -> None:
                         "'model_class', the factory no longer looks up CustomTextCLIP by name",
                         _PATCHED_FOR, open_clip.__version__)
     _oc_factory.CustomTextCLIP = _build_custom_text_model
+    # open_clip's file loader (pretrained=<file>, local-dir:, hf-hub:) checks the digest a weight file records
+    _oc_factory.load_state_dict = verifying_loader(_oc_factory.load_state_dict)
 
 
 CONFIG_PATH_ENV = 'SPIKECLIP_MODEL_CONFIGS'  # extra config folders/files, os.pathsep-separated

@@ -4,13 +4,16 @@
 ``timm.create_model('spikingformer_clip')`` and ``timm.list_models('spikingformer*')`` work.
 The LIF implementation is a process-wide switch (``set_lif_impl``, ``lif_impl``, env ``TIMM_SPIKE_LIF_IMPL``).
 Importing it also makes glibc keep freed tensor memory for reuse (``utils.tune_allocator``: 1.4-2.4x faster spiking
-training and inference on the CPU; ``TIMM_SPIKE_TUNE_ALLOCATOR=0`` in the environment keeps glibc's defaults).
+training and inference on the CPU; ``TIMM_SPIKE_TUNE_ALLOCATOR=0`` in the environment keeps glibc's defaults),
+and makes timm's safetensors file loaders check the digest a file records (``timm_spike.integrity``).
 """
 from .layers import (
     LIF_IMPLS, LIFConfig, TemporalReadout, create_lif, get_lif_impl, is_spiking_neuron, lif_impl, set_lif_impl)
 from .models import *  # noqa: F401,F403  (registers the models)
+from .integrity import install_timm_check
 from .utils import tune_allocator
 
 tune_allocator()  # fast by default: every user of the models, not only the spikeclip commands
+install_timm_check()  # timm's file and local-dir: loaders check the digest a weight file records
 
 __version__ = '0.1.0'

@@ -196,3 +196,8 @@ def tune_allocator() -> bool:
         return False
     _allocator_tuned = bool(ok)
     return _allocator_tuned
+
+
+# Digests of weight files (timm_spike.integrity), beside the atomic writes they go through.
+from .integrity import (  # noqa: E402,F401
+    DIGEST_KEY, WeightsDigestError, file_digest, save_safetensors, tensors_digest, verify_safetensors)
