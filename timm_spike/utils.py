@@ -86,7 +86,12 @@ def atomic_path(path: str) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(), suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a full disk met by f.write names no file: name the one being written
+            if e.filename is None:
+                e.filename = path
+            raise
         os.chmod(tmp, _default_file_mode())
         fault_point(f'atomic:{os.path.basename(path)}')
         os.replace(tmp, path)

@@ -40,7 +40,7 @@ from timm_spike.utils import atomic_write
 from ..checkpoint import check_checkpoint_file
 from ..data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, get_templates
 from ..factory import register_model_configs
-from ..zero_shot import build_classifier, check_inference_T, evaluate
+from ..zero_shot import build_classifier, check_classnames_fit, check_inference_T, evaluate
 
 __all__ = ['SweepPoint', 'sweep_t', 'pareto_front', 'write_sweep', 'plot_sweep']
 
@@ -88,6 +88,7 @@ def _resolve_names(classnames, templates, dataset_name: str, data: Dataset):
         templates = key if key in TEMPLATES else 'simple'
     names = get_classnames(classnames) if isinstance(classnames, (str, os.PathLike)) else list(classnames)
     temps = get_templates(templates) if isinstance(templates, (str, os.PathLike)) else list(templates)
+    check_classnames_fit(names, data, dataset_name)
     return names, temps
 
 
