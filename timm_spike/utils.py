@@ -89,7 +89,7 @@ def atomic_path(path: str) -> Iterator[str]:
         try:
             yield tmp
         except OSError as e:  # a full disk met by f.write names no file: name the one being written
-            if e.filename is None:
+            if e.filename is None and e.errno is not None:
                 e.filename = path
             raise
         os.chmod(tmp, _default_file_mode())
