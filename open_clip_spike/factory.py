@@ -24,8 +24,8 @@ from timm_spike.integrity import verifying_loader
 
 from .model import SpikeCLIP
 
-__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config', 'check_model_config_env', 'register_model_configs',
-           'list_spikeclip_models']
+__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config', 'check_model_config_env',
+           'list_spikeclip_models', 'register_model_configs']
 
 _logger = logging.getLogger(__name__)
 

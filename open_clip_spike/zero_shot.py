@@ -42,7 +42,8 @@ from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, 
 from .factory import register_model_configs
 from .model import SpikeCLIP
 
-__all__ = ['autocast', 'build_classifier', 'check_classnames_fit', 'check_inference_T', 'dataset_num_classes', 'eval_mode', 'evaluate', 'resolve_classnames_templates',
+__all__ = ['autocast', 'build_classifier', 'check_classnames_fit', 'check_inference_T', 'dataset_num_classes',
+           'eval_mode', 'evaluate', 'resolve_classnames_templates',
            'zeroshot', 'PRECISIONS']
 
 _logger = logging.getLogger(__name__)

@@ -58,7 +58,8 @@ def test_estimate_is_the_parameter_count():
     (('model_cfg', 'text_cfg', 'hidden_dim'), 10 ** 7, 'text hidden_dim 10**7'),
 ])
 def test_huge_config_is_refused_before_building(hub_folder, tmp_path, capsys, fault_log, command, path, value, what):
-    fault_log.tried(f'{what} in open_clip_config.json', f'spikeclip {command}' + (' --model' if command == 'zeroshot' else '') + ' local-dir:')
+    where = 'spikeclip zeroshot --model local-dir:' if command == 'zeroshot' else 'spikeclip energy local-dir:'
+    fault_log.tried(f'{what} in open_clip_config.json', where)
     d = _edit(hub_folder, tmp_path / 'bomb', 'open_clip_config.json', path, value)
     start = time.perf_counter()
     if command == 'zeroshot':
@@ -74,7 +75,8 @@ def test_huge_config_is_refused_before_building(hub_folder, tmp_path, capsys, fa
 
 
 def test_string_for_a_number_names_the_key(hub_folder, tmp_path, fault_log):
-    fault_log.tried('"depth": "4" in open_clip_config.json and config.json', "open_clip / timm create_model('local-dir:')")
+    fault_log.tried('"depth": "4" in open_clip_config.json and config.json',
+                    "open_clip / timm create_model('local-dir:')")
     d = _edit(hub_folder, tmp_path / 'str', 'open_clip_config.json', DEPTH, '4')
     with pytest.raises(ConfigTypeError, match=r"vision_cfg\.timm_model_kwargs\.depth must be an integer, got '4'"):
         open_clip.create_model(f'local-dir:{d}')

@@ -29,7 +29,8 @@ def image_folder(tmp_path):
     for cls in ('cat', 'dog'):
         (tmp_path / 'imgs' / cls).mkdir(parents=True)
         for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'imgs' / cls / f'{i}.png')
+            pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / 'imgs' / cls / f'{i}.png')
     return tmp_path / 'imgs'
 
 
