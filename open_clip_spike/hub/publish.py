@@ -9,8 +9,9 @@ One repository serves both model zoos:
 - ``energy.json``: the energy report (``timm_spike.energy``), when given;
 - ``README.md``: a model card (library tags, how to load it, energy table, training recipe, zero-shot results).
 
-Both safetensors files carry metadata: model name, timm architecture, time steps T and, with a report, the
-energy per image. The folder is written to a temporary directory and swapped into place (one complete version
+Both safetensors files carry metadata: model name, timm architecture, time steps T, the sha256 of their tensors
+(checked whenever the project, open_clip or timm loads them) and, with a report, the energy per image;
+``spikeclip_files.json`` lists the files written, so a later overwrite keeps every other file of the folder. The folder is written to a temporary directory and swapped into place (one complete version
 is always there; the temporary folders of a killed write are removed by the next one); it is then uploaded with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
 open_clip's own ``push_to_hf_hub`` is not used: it swaps in a tokenizer that needs the network.
 
