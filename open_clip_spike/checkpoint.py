@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.models import clean_state_dict
 
-from timm_spike.utils import atomic_path
+from timm_spike.utils import save_safetensors, verify_safetensors
 
 __all__ = ['CheckpointError', 'check_checkpoint_file', 'export_checkpoint', 'load_checkpoint_file',
            'state_dict_for_safetensors']
@@ -73,6 +73,7 @@ def check_checkpoint_file(path: Union[str, Path, None]) -> None:
                     f.get_slice(k)
         except Exception as e:
             raise _read_error(p, e) from e
+        verify_safetensors(p)  # bit flips: the digest recorded when the project wrote it
         return
     try:
         ckpt = torch.load(str(p), map_location='cpu', weights_only=True, mmap=True)
@@ -89,9 +90,11 @@ def load_checkpoint_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         try:
-            return load_file(str(path))
+            state_dict = load_file(str(path))
         except Exception as e:  # truncated or not a safetensors file
             raise _read_error(path, e) from e
+        verify_safetensors(path)  # bit flips: the digest recorded when the project wrote it
+        return state_dict
     try:
         ckpt = torch.load(str(path), map_location='cpu', weights_only=True)
     except Exception as e:
@@ -120,7 +123,8 @@ def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
     """Write the model weights of an open_clip_train checkpoint (``epoch_N.pt``) as safetensors.
 
     The result loads with ``open_clip.create_model_and_transforms(name, pretrained=<file>)``. The output is
-    written to a temporary file and renamed, so a failed export leaves nothing half-written.
+    written to a temporary file and renamed, so a failed export leaves nothing half-written; its metadata holds
+    the sha256 of its tensors, checked whenever the project loads it.
 
     Args:
         checkpoint: Path of the ``.pt`` file written by open_clip_train.
@@ -129,7 +133,6 @@ def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
     Returns:
         The path written.
     """
-    from safetensors.torch import save_file
     output = output or os.path.splitext(checkpoint)[0] + '.safetensors'
     try:
         ckpt = torch.load(checkpoint, map_location='cpu', weights_only=True)
@@ -140,6 +143,5 @@ def export_checkpoint(checkpoint: str, output: Optional[str] = None) -> str:
     meta = {'format': 'pt', 'source': os.path.basename(checkpoint)}
     if isinstance(ckpt, dict) and 'epoch' in ckpt:
         meta['epoch'] = str(ckpt['epoch'])
-    with atomic_path(output) as tmp:
-        save_file(sd, tmp, metadata=meta)
+    save_safetensors(sd, output, metadata=meta)  # crash-safe, with the tensors' sha256 in the metadata
     return output

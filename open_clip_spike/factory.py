@@ -7,7 +7,9 @@ the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open
 ``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
 ``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs. A SpikeCLIP config
 therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextCLIP branch) and
-``"model_class": "SpikeCLIP"``.
+``"model_class": "SpikeCLIP"``. The factory's ``load_state_dict`` global is also wrapped so that a
+safetensors file carrying a digest (``timm_spike.integrity``: every weight file this project writes) is checked
+before open_clip loads it; files without one load as before.
 """
 import logging
 import os
@@ -18,10 +20,12 @@ import open_clip
 import open_clip.factory as _oc_factory
 from open_clip.model import CustomTextCLIP
 
+from timm_spike.integrity import verifying_loader
+
 from .model import SpikeCLIP
 
-__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config_env', 'register_model_configs',
-           'list_spikeclip_models']
+__all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config', 'check_model_config_env',
+           'list_spikeclip_models', 'register_model_configs']
 
 _logger = logging.getLogger(__name__)
 
@@ -34,13 +38,60 @@ _PATCHED_FOR = '3.3.0'
 
 
 def _build_custom_text_model(**model_cfg):
-    """Stands in for ``open_clip.factory.CustomTextCLIP``: dispatch on the config's ``model_class``."""
+    """Stands in for ``open_clip.factory.CustomTextCLIP``: dispatch on the config's ``model_class``.
+
+    A SpikeCLIP config is checked first (`check_model_config`: types by key, size on the meta device), so a
+    config from a file cannot make the build take minutes and all the memory.
+    """
     name = model_cfg.pop('model_class', None)
     if name is None:
         return CustomTextCLIP(**model_cfg)
     if name not in MODEL_CLASSES:
         raise ValueError(f'Unknown model_class {name!r} in the model config; known: {sorted(MODEL_CLASSES)}')
+    check_model_config(model_cfg, model_class=name)
     return MODEL_CLASSES[name](**model_cfg)
+
+
+_reference_types = None
+_checked: Dict[str, object] = {}
+
+
+def check_model_config(model_cfg: Dict, where: str = 'model config', model_class: str = 'SpikeCLIP',
+                       max_params: Optional[float] = None, max_activation_bytes: Optional[float] = None):
+    """Check a SpikeCLIP config before it is built: value types by key (against the shipped configs), then the
+    parameter count and one sample's layer outputs estimated on the meta device (``timm_spike.bounds``; limits:
+    the arguments, ``$SPIKECLIP_MAX_PARAMS``, ``$SPIKECLIP_MAX_ACTIVATION_BYTES``). Raises a one-line
+    ``ValueError`` naming the key or the limit; returns ``(parameters, activation bytes or None)``. Each
+    distinct config is measured once per process.
+    """
+    import json
+
+    import torch
+
+    from timm_spike.bounds import check_numbers_not_strings, check_size, check_types, config_types, size_limits
+    global _reference_types
+    if _reference_types is None:
+        _reference_types = config_types(json.loads(p.read_text()) for p in sorted(MODEL_CONFIG_DIR.glob('*.json')))
+    cfg = {k: v for k, v in model_cfg.items() if k not in ('model_class', 'custom_text', 'cast_dtype')}
+    key = json.dumps([cfg, model_class, size_limits(max_params, max_activation_bytes)], sort_keys=True, default=str)
+    if key in _checked:
+        return _checked[key]
+    check_types(cfg, _reference_types, where)
+    check_numbers_not_strings(cfg, where)  # keys the shipped configs do not use
+    cls = MODEL_CLASSES[model_class]
+    extra = {k: model_cfg[k] for k in ('cast_dtype',) if k in model_cfg}
+    vision, text = cfg.get('vision_cfg') or {}, cfg.get('text_cfg') or {}
+    size = vision.get('image_size', 224)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+
+    def forward(model):
+        model.encode_image(torch.empty(1, 3, h, w, device='meta'))
+        model.encode_text(torch.zeros(1, text.get('context_length', 77), dtype=torch.long, device='meta'))
+
+    result = check_size(lambda c: cls(**c, **extra), cfg, where, forward=forward, max_params=max_params,
+                        max_activation_bytes=max_activation_bytes)
+    _checked[key] = result
+    return result
 
 
 _build_custom_text_model.__name__ = 'CustomTextCLIP'  # create_model logs model_class.__name__
@@ -54,6 +105,8 @@ def _patch_open_clip_factory() -> None:
                         "'model_class', the factory no longer looks up CustomTextCLIP by name",
                         _PATCHED_FOR, open_clip.__version__)
     _oc_factory.CustomTextCLIP = _build_custom_text_model
+    # open_clip's file loader (pretrained=<file>, local-dir:, hf-hub:) checks the digest a weight file records
+    _oc_factory.load_state_dict = verifying_loader(_oc_factory.load_state_dict)
 
 
 CONFIG_PATH_ENV = 'SPIKECLIP_MODEL_CONFIGS'  # extra config folders/files, os.pathsep-separated

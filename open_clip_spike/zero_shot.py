@@ -43,7 +43,8 @@ from .data import TEMPLATES, build_dataset, dataset_classnames, get_classnames, 
 from .factory import register_model_configs
 from .model import SpikeCLIP
 
-__all__ = ['autocast', 'build_classifier', 'check_inference_T', 'eval_mode', 'evaluate', 'resolve_classnames_templates',
+__all__ = ['autocast', 'build_classifier', 'check_classnames_fit', 'check_inference_T', 'dataset_num_classes',
+           'eval_mode', 'evaluate', 'resolve_classnames_templates',
            'zeroshot', 'PRECISIONS']
 
 _logger = logging.getLogger(__name__)
@@ -157,6 +158,28 @@ def resolve_classnames_templates(
     if bad:
         raise ValueError(f'Templates need exactly one {{}} where the class name goes, got {bad[:3]}')
     return names, temps
+
+
+def dataset_num_classes(data: Dataset) -> Optional[int]:
+    """How many classes a dataset's labels index: ``len(classes)``, an IDX split's largest label + 1, else None."""
+    while isinstance(data, Subset):
+        data = data.dataset
+    classes = getattr(data, 'classes', None)
+    if classes:
+        return len(classes)
+    targets = getattr(data, 'targets', None)
+    if targets is not None and len(targets):
+        return int(max(int(t) for t in targets)) + 1
+    return None
+
+
+def check_classnames_fit(classnames: Sequence[str], data: Dataset, dataset_name: Optional[str] = None) -> None:
+    """Refuse class names whose count differs from the dataset's classes (the scores would mean nothing)."""
+    n = dataset_num_classes(data)
+    if n is not None and len(classnames) != n:
+        raise ValueError(
+            f'{len(classnames)} class names for {dataset_name or "a dataset"} with {n} classes: give one name per '
+            f'class, in label order (--classnames), or leave it out for the dataset\'s own')
 
 
 def build_classifier(
@@ -300,6 +323,7 @@ def zeroshot(
     else:
         data, dataset_name = build_dataset(dataset, split, preprocess, data_root, download), os.fspath(dataset)
     classnames, templates = resolve_classnames_templates(classnames, templates, dataset_name, data)
+    check_classnames_fit(classnames, data, dataset_name)
     if limit is not None:
         data = Subset(data, range(min(int(limit), len(data))))
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)

@@ -87,7 +87,12 @@ def atomic_path(path: str) -> Iterator[str]:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=temp_prefix(), suffix=os.path.splitext(path)[1])
     os.close(fd)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a full disk met by f.write names no file: name the one being written
+            if e.filename is None and e.errno is not None:
+                e.filename = path
+            raise
         os.chmod(tmp, _default_file_mode())
         fault_point(f'atomic:{os.path.basename(path)}')
         os.replace(tmp, path)
@@ -158,3 +163,8 @@ def tune_allocator() -> bool:
         return False
     _allocator_tuned = bool(ok)
     return _allocator_tuned
+
+
+# Digests of weight files (timm_spike.integrity), beside the atomic writes they go through.
+from .integrity import (  # noqa: E402,F401
+    DIGEST_KEY, WeightsDigestError, file_digest, save_safetensors, tensors_digest, verify_safetensors)

@@ -1,6 +1,7 @@
 """The ``spikeclip`` command: git-style subcommands, each a module of this package with its own ``main(argv)``.
 
-Every subcommand is also ``python -m open_clip_spike.cli.<module>``; this file only dispatches. The modules parse
+Every subcommand is also ``python -m open_clip_spike.cli.<module>``; this file only dispatches (and turns an
+expected error a command lets through into one line and exit code 2, ``cli.errors``). The modules parse
 arguments and call the library (``open_clip_spike``), the training integration (``open_clip_spike.train``) or an
 experiment pipeline (``open_clip_spike.experiments``); they hold no logic a Python user cannot call.
 """
@@ -51,8 +52,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"spikeclip: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     tune_allocator()  # the commands run with glibc keeping freed tensor memory (timm_spike.utils.tune_allocator)
+    from open_clip_spike.cli.errors import USER_ERRORS, fail
     module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest) or 0
+    try:
+        return module.main(rest) or 0
+    except USER_ERRORS as e:  # what a command lets through (a full disk, a denied write...): one line, exit 2
+        return fail(f'spikeclip {name}', e)
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.ablate import GRIDS, IMAGE_TOWERS, TEXT_TOWERS, ablation_grid, run_ablation
 from open_clip_spike.experiments import ablate as _experiment
@@ -37,9 +38,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                      train_images=args.train_images, align_epochs=args.align_epochs, dual_epochs=args.dual_epochs,
                      teacher_epochs=args.teacher_epochs, batch_size=args.batch_size,
                      energy_images=args.energy_images)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'spikeclip ablate: error: {e}', file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, RuntimeError) as e:
+        return fail('spikeclip ablate', e)
     return 0
 
 

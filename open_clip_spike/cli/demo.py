@@ -6,6 +6,7 @@ import sys
 from typing import List, Optional
 
 from timm_spike.layers import LIF_IMPLS
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.demo import DEBIAN_FASHION_MNIST, DemoConfig, DemoError, run_demo
 from open_clip_spike.experiments import demo as _experiment
@@ -44,9 +45,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         check_model_config_env()
         summary = run_demo(cfg)
-    except (OSError, DemoError, ValueError) as e:
-        print(f'spikeclip demo: error: {e}', file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, DemoError) as e:
+        return fail('spikeclip demo', e)
     except KeyboardInterrupt:
         print(f'spikeclip demo: interrupted; rerun the same command to continue ({cfg.out} keeps every finished '
               f'stage and epoch)', file=sys.stderr)

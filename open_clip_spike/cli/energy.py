@@ -15,6 +15,7 @@ from typing import List, Optional
 import open_clip
 
 from open_clip_spike.checkpoint import check_checkpoint_file
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.energy import is_spikeclip, spikeclip_model_energy
 from open_clip_spike.factory import check_model_config_env
 from timm_spike.energy import EnergyConstants, plot_energy
@@ -94,9 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = timm_model_energy(args.model, **common)
             paths = write_report(report, args.out)
             table = report.table()
-    except (ValueError, OSError, ImportError) as e:
-        print(f'{PROG}: error: {e}', file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail(PROG, e)
     print(table)
     print('\nwrote ' + ', '.join(paths))
     return 0

@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Dict, List, Optional
 
+from open_clip_spike.cli.errors import USER_ERRORS, fail
+
 __all__ = ['main', 'export_model_to_nir']
 
 
@@ -85,10 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         paths = export_model_to_nir(args.model, args.out, checkpoint=args.checkpoint, tower=args.tower, T=args.T,
                                     stem_only=args.stem_only)
-    except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+    except USER_ERRORS as e:
         # ValueError covers refusals (the layer NIR cannot express), bad checkpoints and bad options
-        print(f'spikeclip export-nir: error: {e}', file=sys.stderr)
-        return 2
+        return fail('spikeclip export-nir', e)
     for tower, path in paths.items():
         print(f'{tower}: {path}')
     return 0

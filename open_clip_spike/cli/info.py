@@ -4,6 +4,7 @@ import json
 import sys
 from typing import List, Optional
 
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.info import model_info
 from open_clip_spike.experiments import info as _experiment
@@ -23,9 +24,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.batch_size < 1:
             raise ValueError(f'--batch-size must be >= 1, got {args.batch_size}')
         info = model_info(args.model, batch_size=args.batch_size, **kwargs)
-    except (ValueError, OSError) as e:
-        print(f'spikeclip info: error: {e}', file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail('spikeclip info', e)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

@@ -5,6 +5,7 @@ import logging
 import sys
 from typing import Any, List, Optional
 
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.experiments.paper import DEFAULT_DISTRACTORS, PaperError, finetune_teacher, imagenet_captions_csv, prepare_stage2, relabel_eval, results_table, select_best_epoch, write_text
 
@@ -98,9 +99,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 write_text(args.output, text)
             print(text, end='')
             return 0
-    except (PaperError, ValueError, OSError) as e:
-        print(f'spikeclip paper {args.step}: error: {e}', file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, PaperError) as e:
+        return fail(f'spikeclip paper {args.step}', e)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, List, Mapping, Optional
 
+from open_clip_spike.cli.errors import fail, io_error_line
 from open_clip_spike.energy import PUBLISH_ENERGY_DATA, energy_for_publishing
 from open_clip_spike.hub import push_space, push_to_hub, space_files, space_url, write_hub_folder, write_space_folder
 
@@ -113,10 +114,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.space is not None:
             space_info = push_space(args.space, args.repo_id, private=args.private, token=args.token,
                                     local_dir=space_dir, overwrite=args.overwrite, **space)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f'spikeclip push: error: {e}', file=sys.stderr)
-        return 2
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as e:
+        return fail('spikeclip push', e)
     except Exception as e:  # Hub errors: name the class, never echo request headers
+        if io_error_line(e) is not None:  # the local disk (full, read-only), not the Hub
+            return fail('spikeclip push', e)
         print(f'spikeclip push: error: {type(e).__name__}: {e}', file=sys.stderr)
         return 1
     print(f'pushed {args.model} to {args.repo_id} (revision {args.revision or "main"}, commit {info.oid})')

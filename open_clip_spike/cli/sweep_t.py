@@ -7,6 +7,7 @@ from typing import List, Optional
 
 from dataclasses import asdict
 from timm_spike.energy import EnergyConstants
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.experiments.sweep import sweep_markdown, sweep_t, write_sweep
 from open_clip_spike.experiments import sweep as _experiment
 from open_clip.factory import parse_model_name
@@ -65,9 +66,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         meta = dict(model=args.model, pretrained=args.pretrained, dataset=args.dataset, split=args.split,
                     energy='image tower, per image (timm_spike.energy)', constants=asdict(EnergyConstants()))
         paths = write_sweep(points, args.out, meta, title=f'{args.model}: accuracy and energy over T')
-    except (ValueError, OSError, ImportError) as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
-        return 2
+    except USER_ERRORS as e:
+        return fail(prog, e)
     print(sweep_markdown(points, f'{args.model}: accuracy and energy over T'))
     print('wrote ' + ', '.join(paths))
     return 0

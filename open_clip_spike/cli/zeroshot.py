@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import List, Optional
 
+from open_clip_spike.cli.errors import USER_ERRORS, fail
 from open_clip_spike.factory import check_model_config_env
 from open_clip_spike.zero_shot import PRECISIONS, zeroshot
 
@@ -53,9 +54,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             split=args.split, batch_size=args.batch_size, workers=args.workers, device=args.device,
             data_root=args.data_root, download=args.download, limit=args.limit, output=args.output,
             progress=not args.no_progress, T=args.T, precision=args.precision)
-    except (ValueError, OSError, RuntimeError) as e:
-        print(f'spikeclip zeroshot: error: {e}', file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, RuntimeError) as e:
+        return fail('spikeclip zeroshot', e)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -11,6 +11,7 @@ from timm_spike.energy.data import SKIMAGE_PHOTOS
 
 from .classnames import CLASSNAMES
 from .idx import IDXDataset, is_idx_dir
+from .images import load_image
 from .templates import TEMPLATES
 
 __all__ = ['get_classnames', 'get_templates', 'build_dataset', 'dataset_classnames', 'TORCHVISION_DATASETS']
@@ -136,7 +137,7 @@ def build_dataset(
         from torchvision.datasets import ImageFolder
         folder = Path(key) / split if (Path(key) / split).is_dir() else Path(key)
         try:
-            return ImageFolder(os.fspath(folder), transform=transform)
+            return ImageFolder(os.fspath(folder), transform=transform, loader=load_image)  # errors name the file
         except FileNotFoundError as e:
             raise FileNotFoundError(
                 f'{folder} is neither an IDX folder (train/t10k-images-idx3-ubyte[.gz] ...) nor an ImageFolder '

@@ -42,13 +42,13 @@ def _teacher_weights(name: str, work: str, pretrained: Optional[str]) -> str:
     if pretrained:
         return pretrained
     import open_clip
-    from safetensors.torch import save_file
 
     import open_clip_spike  # noqa: F401
+    from timm_spike.utils import save_safetensors
     path = os.path.join(work, f'{name}-random.safetensors')
     torch.manual_seed(0)
     sd = open_clip.create_model(name).state_dict()
-    save_file({k: v.contiguous() for k, v in sd.items()}, path)
+    save_safetensors({k: v.contiguous() for k, v in sd.items()}, path)  # with its digest, like every weight file
     return path
 
 

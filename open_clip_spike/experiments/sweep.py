@@ -40,7 +40,8 @@ from timm_spike.utils import atomic_write
 from ..checkpoint import check_checkpoint_file
 from ..data import build_dataset
 from ..factory import register_model_configs
-from ..zero_shot import build_classifier, check_inference_T, evaluate, resolve_classnames_templates
+from ..zero_shot import (
+    build_classifier, check_classnames_fit, check_inference_T, evaluate, resolve_classnames_templates)
 
 __all__ = ['SweepPoint', 'sweep_t', 'pareto_front', 'write_sweep', 'plot_sweep']
 
@@ -141,6 +142,7 @@ def sweep_t(
             else:
                 data, dataset_name = build_dataset(dataset, split, preprocess, data_root), os.fspath(dataset)
             classnames_, templates_ = resolve_classnames_templates(classnames, templates, dataset_name, data)
+            check_classnames_fit(classnames_, data, dataset_name)
             if limit is not None:
                 data = Subset(data, range(min(int(limit), len(data))))
             if len(data) == 0:

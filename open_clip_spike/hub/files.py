@@ -18,3 +18,67 @@ _REPLACED_PATTERNS = ['*.safetensors', *(f'*{s}' for s in _PICKLE_SUFFIXES), TIM
 # The keys of timm_spike.energy's report that the card and the metadata read.
 ENERGY_REPORT_KEYS = ('model', 'T', 'input_size', 'energy_mj_per_image', 'ann_energy_mj_per_image', 'constants',
                       'layers')
+
+# The files one write of the folder made, with their sha256: the next --overwrite replaces exactly these and keeps
+# every other entry of the folder (a user's notes, a git clone's .git), saying so.
+MANIFEST = 'spikeclip_files.json'
+_OWN_NAMES = (OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, TIMM_CONFIG, TIMM_WEIGHTS, ENERGY_REPORT, MODEL_CARD, MANIFEST)
+
+
+def _file_sha256(path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder) -> dict:
+    """Record the regular files of ``folder`` (a freshly written Hub folder) and their sha256 in ``MANIFEST``."""
+    import json
+    from pathlib import Path
+    folder = Path(folder)
+    files = {p.name: _file_sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {'written_by': 'spikeclip', 'files': files}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + '\n')
+    return manifest
+
+
+def foreign_entries(folder) -> list:
+    """Names in an existing Hub folder that spikeclip did not write: not in its manifest (a folder without one,
+    from an older spikeclip: not one of the files spikeclip writes)."""
+    import json
+    from pathlib import Path
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    own = set(_OWN_NAMES)
+    try:
+        own |= set(json.loads((folder / MANIFEST).read_text())['files'])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return sorted(p.name for p in folder.iterdir() if p.name not in own)
+
+
+def keep_entries(old, new, names) -> None:
+    """Put the entries ``names`` of folder ``old`` into folder ``new`` as hard links (copies where links fail),
+    leaving ``old`` untouched, so a process killed before the swap loses nothing."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in names:
+        src, dst = Path(old) / name, Path(new) / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        elif src.is_dir():
+            shutil.copytree(src, dst, symlinks=True, copy_function=link)
+        else:
+            link(src, dst)

@@ -9,8 +9,9 @@ One repository serves both model zoos:
 - ``energy.json``: the energy report (``timm_spike.energy``), when given;
 - ``README.md``: a model card (library tags, how to load it, energy table, training recipe, zero-shot results).
 
-Both safetensors files carry metadata: model name, timm architecture, time steps T and, with a report, the
-energy per image. The folder is written to a temporary directory and swapped into place (one complete version
+Both safetensors files carry metadata: model name, timm architecture, time steps T, the sha256 of their tensors
+(checked whenever the project, open_clip or timm loads them) and, with a report, the energy per image;
+``spikeclip_files.json`` lists the files written, so a later overwrite keeps every other file of the folder. The folder is written to a temporary directory and swapped into place (one complete version
 is always there; the temporary folders of a killed write are removed by the next one); it is then uploaded with ``huggingface_hub`` (``create_repo`` + ``upload_folder``).
 open_clip's own ``push_to_hf_hub`` is not used: it swaps in a tokenizer that needs the network.
 
@@ -30,13 +31,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm_spike.utils import fault_point, remove_stale_temps, temp_prefix
+from timm_spike.utils import fault_point, remove_stale_temps, save_safetensors, temp_prefix
 
 from ..checkpoint import model_from_checkpoint, state_dict_for_safetensors
 from .card import model_card, zeroshot_rows
 from .files import (
     ENERGY_REPORT, ENERGY_REPORT_KEYS, MODEL_CARD, OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS, PICKLED_OPEN_CLIP_WEIGHTS,
-    PICKLED_TIMM_WEIGHTS, TIMM_CONFIG, TIMM_WEIGHTS, _PICKLE_SUFFIXES, _REPLACED_PATTERNS)
+    PICKLED_TIMM_WEIGHTS, TIMM_CONFIG, TIMM_WEIGHTS, _PICKLE_SUFFIXES, _REPLACED_PATTERNS, foreign_entries,
+    keep_entries, write_manifest)
 
 __all__ = [
     'OPEN_CLIP_CONFIG', 'OPEN_CLIP_WEIGHTS', 'TIMM_CONFIG', 'TIMM_WEIGHTS', 'ENERGY_REPORT', 'MODEL_CARD',
@@ -295,7 +297,9 @@ def write_hub_folder(
         training: Training recipe (``{setting: value}``) for the card.
         repo_id: Repository id used in the card's loading instructions.
         license: License tag of the card.
-        overwrite: Replace an existing ``save_directory``.
+        overwrite: Replace what an earlier write put in ``save_directory`` (listed in its ``spikeclip_files.json``);
+            entries spikeclip did not write are kept, with a warning naming them. A symlink is followed: the
+            folder it names is written and the link stays.
         verify: Reload the folder with open_clip and timm (``local-dir:``) and check the weights are identical.
         space_id: A Space serving this model's zero-shot page (``hub.space``), linked from the card.
 
@@ -321,28 +325,38 @@ def write_hub_folder(
                          f'measure it again on this model')
 
     import open_clip
-    from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf  # timm's config.json writer (not re-exported by timm.models)
 
+    if save_directory.is_symlink():  # write into the folder the link names; the link stays a link
+        save_directory = Path(os.path.realpath(save_directory))
     save_directory.parent.mkdir(parents=True, exist_ok=True)
     _recover_interrupted_swap(save_directory)
     remove_stale_temps(str(save_directory.parent), force=True)  # folders of writes killed before the swap
+    if save_directory.exists() and not save_directory.is_dir():
+        raise FileExistsError(f'{save_directory} is a file, not a folder; choose a folder for the Hub files')
+    kept = foreign_entries(save_directory)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(save_directory.name), dir=save_directory.parent))
     try:
+        # the weights first: their digests go into both configs (the Hub folder's metadata) and their metadata
+        digests = {
+            OPEN_CLIP_WEIGHTS: save_safetensors(
+                state_dict_for_safetensors(model), tmp / OPEN_CLIP_WEIGHTS,
+                metadata=_safetensors_metadata(model_name, architecture, T, energy, 'open_clip')),
+            TIMM_WEIGHTS: save_safetensors(
+                state_dict_for_safetensors(tower), tmp / TIMM_WEIGHTS,
+                metadata=_safetensors_metadata(model_name, architecture, T, energy, 'image_encoder'))}
         preprocess_cfg = _json_safe(open_clip.get_model_preprocess_cfg(model))
         (tmp / OPEN_CLIP_CONFIG).write_text(json.dumps(
-            {'model_cfg': _json_safe(model_cfg), 'preprocess_cfg': preprocess_cfg}, indent=4) + '\n')
-        save_file(state_dict_for_safetensors(model), str(tmp / OPEN_CLIP_WEIGHTS),
-                  metadata=_safetensors_metadata(model_name, architecture, T, energy, 'open_clip'))
+            {'model_cfg': _json_safe(model_cfg), 'preprocess_cfg': preprocess_cfg,
+             'spikeclip': {'tensors_sha256': digests}}, indent=4) + '\n')
 
         # Extra top-level config.json keys are ignored by timm's loader; PretrainedCfg rejects unknown keys,
         # so SpikeCLIP's own metadata lives beside it, not inside it.
         extra = {'spikeclip': {'model_name': model_name, 'T': T, **(
             {'energy_mj_per_image': energy['energy_mj_per_image'],
-             'ann_energy_mj_per_image': energy['ann_energy_mj_per_image']} if energy else {})}}
+             'ann_energy_mj_per_image': energy['ann_energy_mj_per_image']} if energy else {}),
+            'tensors_sha256': digests}}
         save_config_for_hf(tower, str(tmp / TIMM_CONFIG), model_config=extra, model_args=_tower_model_args(tower))
-        save_file(state_dict_for_safetensors(tower), str(tmp / TIMM_WEIGHTS),
-                  metadata=_safetensors_metadata(model_name, architecture, T, energy, 'image_encoder'))
 
         if energy is not None:
             (tmp / ENERGY_REPORT).write_text(json.dumps(energy, indent=2) + '\n')
@@ -353,6 +367,7 @@ def write_hub_folder(
         (tmp / MODEL_CARD).write_text(card, encoding='utf-8')
         if verify:
             _verify_folder(tmp, model, tower)
+        write_manifest(tmp)  # what this write owns: the next overwrite replaces these and keeps the rest
         # mkdtemp makes the folder 0700 and some writers make their files 0600: give everything the
         # permissions of a normally created file or folder
         umask = os.umask(0)
@@ -360,6 +375,10 @@ def write_hub_folder(
         for f in tmp.iterdir():
             os.chmod(f, 0o666 & ~umask)
         os.chmod(tmp, 0o777 & ~umask)
+        if kept:
+            keep_entries(save_directory, tmp, kept)
+            _logger.warning('kept %d file(s) in %s that spikeclip did not write: %s', len(kept), save_directory,
+                            ', '.join(kept[:8]) + (' ...' if len(kept) > 8 else ''))
         fault_point('hub.write')
         _swap_into_place(tmp, save_directory)
     except BaseException:
