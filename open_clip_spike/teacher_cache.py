@@ -38,6 +38,8 @@ from safetensors.torch import load_file, save
 
 from timm_spike.utils import atomic_write, fault_point
 
+from .locking import FolderLock
+
 __all__ = ['TeacherFeatureCache', 'CachedTeacher', 'StaleCacheError', 'sample_keys', 'weights_digest']
 
 _logger = logging.getLogger(__name__)
@@ -92,6 +94,7 @@ class TeacherFeatureCache:
 
     Raises:
         StaleCacheError: ``root`` holds a cache with another fingerprint (or another format version).
+        FolderInUseError: another process uses ``root`` (rank 0 holds the folder's lock until `close`).
     """
 
     def __init__(self, root: str, fingerprint: Dict[str, Any], rank: int = 0):
@@ -99,7 +102,13 @@ class TeacherFeatureCache:
         self.rank = int(rank)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised (tuples -> lists)
         os.makedirs(root, exist_ok=True)
-        self._check_meta()
+        # one run writes a cache folder at a time (every rank of that run shares it): a second run is refused
+        self._lock = FolderLock(root, 'run using this teacher-feature cache').acquire() if self.rank == 0 else None
+        try:
+            self._check_meta()
+        except BaseException:
+            self.close()
+            raise
         self._index: Dict[str, Dict[bytes, Tuple[int, int]]] = {k: {} for k in KINDS}
         self._blocks: List[torch.Tensor] = []
         self._block_kinds: List[str] = []
@@ -270,6 +279,11 @@ class TeacherFeatureCache:
                 removed += 1
             self._written[kind] = []  # the merged shard is final
         return removed
+
+    def close(self) -> None:
+        """Release the folder for the next run (the kernel does it too when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def stats(self, reset: bool = False) -> Dict[str, Any]:
         """Samples found / computed since the last reset, and features held; ``reset`` zeroes the counters."""

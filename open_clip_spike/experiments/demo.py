@@ -33,6 +33,8 @@ from tqdm import tqdm
 from timm_spike.energy.plot import save_figure
 from timm_spike.utils import atomic_path, atomic_write, bf16_is_native
 
+from open_clip_spike.locking import FolderInUseError, FolderLock
+
 __all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'bf16_is_native']
 
 _logger = logging.getLogger(__name__)
@@ -450,13 +452,21 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     previous = os.environ.get(LIF_IMPL_ENV)
     os.environ[LIF_IMPL_ENV] = cfg.lif_impl  # and any process a stage starts
     try:
-        with lif_impl(cfg.lif_impl):  # this process
+        # one demo per output folder at a time (the kernel releases the lock when the process ends)
+        with _locked_out(cfg.out), lif_impl(cfg.lif_impl):  # this process
             return _run_demo(cfg)
     finally:
         if previous is None:
             os.environ.pop(LIF_IMPL_ENV, None)
         else:
             os.environ[LIF_IMPL_ENV] = previous
+
+
+def _locked_out(out: str) -> FolderLock:
+    try:
+        return FolderLock(out, 'spikeclip demo').acquire()
+    except FolderInUseError as e:
+        raise DemoError(f'{e} (--out)') from None
 
 
 def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:

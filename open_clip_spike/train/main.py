@@ -58,6 +58,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
+from open_clip_spike.locking import FolderInUseError
 from open_clip_spike.loss import AlignmentLoss, DualLoss, SpikeRateCollector
 from open_clip_spike.checkpoint import export_checkpoint
 from open_clip_spike.factory import check_model_config_env
@@ -68,7 +69,9 @@ from .hooks import CaptionLabeler, InputAdapter, Relabel, SwitchableTransform, p
 from .params import (LOGS_ENV, SpikeTrainConfig, SpikeTrainError, resolve_classnames_templates, spike_parser,
                      student_image_used, student_text_used, validate)
 from .patches import patched_open_clip_train, zero_shot_names
-from .resume import ResumeError, prepare_experiment
+from .data import BadImageCounter, DataCheckError
+from .resume import ResumeError, ResumeState, prepare_experiment
+from .safety import PREEMPTED_EXIT, Preempted, PreemptionHandler, RunFolderError, StepPolicy, hold_run_folder
 
 __all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'default_precision', 'main',
            'resolve_classnames_templates']
@@ -110,6 +113,12 @@ class _Run:
         self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
         self.rate_collector: Optional[SpikeRateCollector] = None
         self.cache: Optional[TeacherFeatureCache] = None
+        self.bad_images = BadImageCounter(cfg.max_bad_images)  # CSV samples whose image could not be read
+
+    def close(self) -> None:
+        """Release what the run holds beyond its lifetime in memory (the teacher cache's folder lock)."""
+        if self.cache is not None:
+            self.cache.close()
 
     @property
     def _student_text_used(self) -> bool:
@@ -161,8 +170,8 @@ class _Run:
         try:
             rank = int(os.environ.get('RANK', 0))
             self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank)
-        except StaleCacheError as e:
-            raise SpikeTrainError(str(e)) from e
+        except (StaleCacheError, FolderInUseError) as e:
+            raise SpikeTrainError(f'--spike-teacher-cache: {e}' if isinstance(e, FolderInUseError) else str(e)) from e
         image = self.cfg.loss == 'dual' or self.cfg.image_weight > 0
         _logger.info(f'teacher-feature cache {self.cfg.teacher_cache}: {self.cache.stats()["entries"]} features '
                      f'cached; training images are not augmented')
@@ -271,6 +280,9 @@ class _Run:
         record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
         if self.cache is not None:
             record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
+        bad = self.bad_images.take_epoch()
+        if bad:
+            record['skipped_images'] = bad
         _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
             f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
         base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
@@ -354,18 +366,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from open_clip_train.main import main as open_clip_train_main
     from open_clip_train.params import parse_args
-    new_dir = None
+    new_dir, lock, run = None, None, None
+    handler = PreemptionHandler()
     try:
         oc_args = parse_args(rest)
         validate(cfg, oc_args)
         run = _Run(cfg, oc_args)
+        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none':
+            folder = os.path.join(oc_args.logs, oc_args.name)
+            new_dir = None if os.path.exists(folder) else folder  # made for the lock: removed if refused
+            lock = hold_run_folder(folder, 'spikeclip train')
         rest = prepare_experiment(argv, rest, oc_args.logs, oc_args.name, oc_args.resume)
         run.oc_args = oc_args = parse_args(rest)
         if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none' and oc_args.resume is None:
             new_dir = os.path.join(oc_args.logs, oc_args.name)  # a fresh attempt: removed if refused
-        with patched_open_clip_train(run):
+        state = ResumeState()
+        state.policy = StepPolicy(cfg.save_every_steps, cfg.save_every_minutes, handler)
+        state.check_batch = run.bad_images
+        with handler, patched_open_clip_train(run, state):
             rc = open_clip_train_main(rest)
-    except (SpikeTrainError, ResumeError) as e:
+    except Preempted as e:
+        _logger.warning(str(e))
+        print(f'spikeclip train: {e} (exit code {PREEMPTED_EXIT})', file=sys.stderr)
+        return PREEMPTED_EXIT
+    except (SpikeTrainError, ResumeError, RunFolderError, DataCheckError) as e:
         _logger.error(str(e))
         print(f'spikeclip train: error: {e}', file=sys.stderr)
         # A run refused before its first checkpoint leaves no experiment folder behind (a rerun with the same
@@ -375,9 +399,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(new_dir, ignore_errors=True)
         return 2
     except KeyboardInterrupt:
-        print('spikeclip train: interrupted; rerun the same command to continue from the last finished epoch',
+        print('spikeclip train: interrupted; rerun the same command to continue from the last checkpoint',
               file=sys.stderr)
         return 130
+    finally:
+        if run is not None:
+            run.close()
+        if lock is not None:
+            lock.release()
     if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
         return 1
     args = run.args

@@ -15,6 +15,8 @@ from open_clip_spike.loss import RATE_MODES
 from open_clip_spike.torchscript import check_torchscript
 from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
 
+from .data import DataCheckError, check_csv
+
 __all__ = ['LOGS_ENV', 'SpikeTrainConfig', 'SpikeTrainError', 'resolve_classnames_templates', 'spike_parser',
            'validate']
 
@@ -43,6 +45,9 @@ class SpikeTrainConfig:
     rate_target: float = 0.0
     rate_mode: str = 'squared'
     teacher_cache: Optional[str] = None
+    save_every_steps: int = 0
+    save_every_minutes: float = 0.0
+    max_bad_images: int = 100
 
 
 def spike_parser() -> argparse.ArgumentParser:
@@ -88,6 +93,15 @@ def spike_parser() -> argparse.ArgumentParser:
                         'for another teacher, preprocessing or precision is refused')
     g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
                    help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
+    g.add_argument('--spike-save-every-steps', dest='save_every_steps', type=int, default=0, metavar='N',
+                   help='also write a mid-epoch checkpoint (checkpoints/step_latest.pt) every N optimizer steps; '
+                        'a rerun of the same command resumes from it exactly (default 0: off)')
+    g.add_argument('--spike-save-every-minutes', dest='save_every_minutes', type=float, default=0.0, metavar='M',
+                   help='also write the mid-epoch checkpoint every M minutes (default 0: off). SIGTERM and SIGUSR1 '
+                        'always write it at the next step and stop the run with exit code 75')
+    g.add_argument('--spike-max-bad-images', dest='max_bad_images', type=int, default=100, metavar='N',
+                   help='a CSV image that cannot be read is skipped with a warning; more than N in a run stop it '
+                        '(default 100)')
     return p
 
 
@@ -160,10 +174,12 @@ def _looks_like_file(value: Optional[str]) -> bool:
 
 def _validate_numbers_and_paths(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
     """Numbers and paths, checked before any model is built (upstream finds a missing file only after both)."""
-    for flag, value, low in (('--epochs', a.epochs, 1), ('--batch-size', a.batch_size, 1), ('--workers', a.workers, 0)):
+    for flag, value, low in (('--epochs', a.epochs, 1), ('--batch-size', a.batch_size, 1), ('--workers', a.workers, 0),
+                             ('--spike-save-every-steps', cfg.save_every_steps, 0),
+                             ('--spike-max-bad-images', cfg.max_bad_images, 0)):
         if value < low:
             raise SpikeTrainError(f'{flag} must be >= {low}, got {value}')
-    for flag, value in (('--lr', a.lr), ('--wd', a.wd)):
+    for flag, value in (('--lr', a.lr), ('--wd', a.wd), ('--spike-save-every-minutes', cfg.save_every_minutes)):
         if value is not None and not (value >= 0 and value != float('inf')):
             raise SpikeTrainError(f'{flag} must be a finite number >= 0, got {value}')
     if a.train_data is None and a.imagenet_val is None and a.val_data is None:
@@ -176,6 +192,10 @@ def _validate_numbers_and_paths(cfg: SpikeTrainConfig, a: argparse.Namespace) ->
             if not os.path.isfile(value):
                 raise SpikeTrainError(f'{flag} {value!r}: no such file (a CSV with --csv-img-key and '
                                       f'--csv-caption-key columns)')
+            try:
+                check_csv(value, a.csv_img_key, a.csv_caption_key, a.csv_separator, flag)
+            except DataCheckError as e:
+                raise SpikeTrainError(str(e)) from None
         elif data_type in ('webdataset', 'auto') and '{' not in value and '::' not in value \
                 and '://' not in value and not os.path.exists(value):
             raise SpikeTrainError(f'{flag} {value!r}: no such file')

@@ -15,7 +15,9 @@ from torch import nn
 
 from open_clip_spike.patches import UPSTREAM_VERSION, check_upstream_version
 
+from .data import tolerant_csv_patches
 from .resume import ResumeState
+from .safety import step_enumerate
 
 __all__ = ['UPSTREAM_VERSION', 'log_patches', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches',
            'speed_patches', 'zero_shot_names']
@@ -121,7 +123,13 @@ def speed_patches() -> list:
 def resume_patches(state: ResumeState) -> list:
     """The patches behind exact resumption (``open_clip_spike.train.resume``): (module, attribute, value)."""
     import open_clip_train.main as oc_main
+    import open_clip_train.train as oc_train
+    state.torch_save = torch.save
     return [
+        # train_one_epoch numbers an epoch's steps with enumerate(dataloader) from 0; a run resumed mid-epoch
+        # skips the steps already trained on, so the count (and with it the learning-rate schedule and the logs)
+        # must start at the resumed step (a module global shadows the builtin for that module only).
+        (oc_train, 'enumerate', step_enumerate),
         # checkpoints hold no random state and torch.save writes them in place (a kill leaves a truncated file):
         # add the state and write through a temporary file (only upstream's checkpoint dicts are touched).
         (torch, 'save', functools.partial(state.save, torch.save)),
@@ -132,16 +140,22 @@ def resume_patches(state: ResumeState) -> list:
     ]
 
 
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def _applied(patches: list):
-    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    saved = [(mod, name, getattr(mod, name, _MISSING)) for mod, name, _ in patches]
     try:
         for mod, name, value in patches:
             setattr(mod, name, value)
         yield
     finally:
         for mod, name, value in reversed(saved):
-            setattr(mod, name, value)
+            if value is _MISSING:
+                delattr(mod, name)
+            else:
+                setattr(mod, name, value)
 
 
 def _check_version() -> None:
@@ -222,7 +236,9 @@ def patched_open_clip_train(run, state: Optional[ResumeState] = None):
         # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache; inside it, each epoch starts
         # from the random state the previous one ended with (saved in the checkpoint: exact resumption).
         (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(run.train_one_epoch)),
-    ] + resume_patches(state) + speed_patches() + log_patches()
+    ] + resume_patches(state) + speed_patches() + log_patches() + tolerant_csv_patches()
+    # a CSV image that cannot be read skips its sample (counted, up to --spike-max-bad-images) instead of ending
+    # the run, as open_clip_train's webdataset handlers skip theirs (open_clip_spike.train.data).
     import open_clip_train.data as oc_data
     if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
         # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for
