@@ -106,34 +106,34 @@ def test_bad_training_csv_is_refused_first(digits, tmp_path, capsys, monkeypatch
     fault_log.survived()
 
 
-def test_unreadable_image_mid_run_is_skipped_and_counted(digits, tmp_path, capsys, fault_log):
-    """A corrupt PNG and an empty file in the CSV: the run skips both (warning with the file), records how many,
-    and finishes; with --spike-max-bad-images 1 it stops at the second with one line naming it."""
+def test_unreadable_image_mid_run_is_skipped_and_counted(digits, tmp_path, fault_log):
+    """A corrupt PNG and an empty file among the CSV's 12 rows: the run skips both (a warning names each file),
+    records how many it skipped, and finishes; with --spike-max-bad-images 1 it stops at the second with one line
+    naming it."""
     from fault_helpers import run_here
     fault_log.tried('a corrupt and an empty image in the training CSV', 'spikeclip train, first epoch')
     (tmp_path / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
     (tmp_path / 'empty.png').write_bytes(b'')
     lines = (digits / 'train.csv').read_text().splitlines()
     csv = tmp_path / 'train.csv'
-    csv.write_text('\n'.join(lines[:3] + [f'{tmp_path / "corrupt.png"}\ta photo.'] + lines[3:8]
-                             + [f'{tmp_path / "empty.png"}\ta photo.'] + lines[8:]) + '\n')  # 14 rows: 3 batches
-    base = train_cmd(digits, tmp_path / 'logs', 'a', '--epochs', '1', '--seed', '1')
-    base[base.index('--train-data') + 1] = str(csv)
-    proc = run_here(base)
+    csv.write_text('\n'.join(lines[:6] + [f'{tmp_path / "corrupt.png"}\ta photo.'] + lines[6:11]
+                             + [f'{tmp_path / "empty.png"}\ta photo.']) + '\n')  # 12 rows: 3 whole batches
+
+    def cmd(name, *extra):
+        c = train_cmd(digits, tmp_path / 'logs', name, '--epochs', '1', *extra)
+        c[c.index('--train-data') + 1] = str(csv)
+        return c
+    proc = run_here(cmd('a'))
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / 'logs' / 'a' / 'spike_epochs.jsonl').read_text().splitlines()[0])
+    assert record['skipped_images'] == 2
     log = (tmp_path / 'logs' / 'a' / 'out.log').read_text() + proc.stderr
-    skipped = record.get('skipped_images', 0)
-    # batches of 4 from 14 rows, the last 2 dropped (drop_last): 0, 1 or 2 of the two bad rows are drawn
-    assert skipped == sum(f'cannot be read: {tmp_path / n}' in log for n in ('corrupt.png', 'empty.png'))
-    stop = train_cmd(digits, tmp_path / 'logs', 'b', '--epochs', '1', '--spike-max-bad-images', '0', '--seed', '1')
-    stop[stop.index('--train-data') + 1] = str(csv)
-    if skipped:
-        proc = run_here(stop)
-        assert proc.returncode == 2
-        line = proc.stderr.strip().splitlines()[-1]
-        assert 'training images could not be read, more than --spike-max-bad-images 0' in line
-        assert str(tmp_path) in line and 'Traceback' not in proc.stderr
+    assert all(f'cannot be read: {tmp_path / n}' in log for n in ('corrupt.png', 'empty.png'))
+    proc = run_here(cmd('b', '--spike-max-bad-images', '1'))
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert 'spikeclip train: error: 2 training images could not be read, more than --spike-max-bad-images 1' in line
+    assert str(tmp_path) in line and 'Traceback' not in proc.stderr
     fault_log.survived()
 
 
