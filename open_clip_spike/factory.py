@@ -2,12 +2,12 @@
 
 The patch lives in ``open_clip_spike.patches``, under the upstream version it was written for. open_clip has no
 model-class registry: ``open_clip.create_model`` builds ``CLIP``, or ``CustomTextCLIP`` when the config says
-``"custom_text": true``, by looking the class up in ``open_clip.factory``'s globals. The patch replaces that global ``CustomTextCLIP`` with a function that builds
-the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open_clip's own
-``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
-``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs. A SpikeCLIP config
-therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextCLIP branch) and
-``"model_class": "SpikeCLIP"``.
+``"custom_text": true``, by looking the class up in ``open_clip.factory``'s globals. The patch replaces that
+global ``CustomTextCLIP`` with a function that builds the class named by the config's ``"model_class"`` key
+(``"SpikeCLIP"``) and open_clip's own ``CustomTextCLIP`` for every other config, so open_clip's factory,
+checkpoint loading (``pretrained=<file>``, ``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged
+for SpikeCLIP configs. A SpikeCLIP config therefore needs both ``"custom_text": true`` (so open_clip takes the
+CustomTextCLIP branch) and ``"model_class": "SpikeCLIP"``.
 """
 import logging
 import os

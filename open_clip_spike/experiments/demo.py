@@ -210,6 +210,8 @@ def _run_logged(entry: str, argv: List[str], log_path: str, desc: str, epochs: i
         rc = run_in_process(entry, argv, _StageOutput(log, bar, epochs))
     if rc == 130:
         raise KeyboardInterrupt
+    if rc == 75:  # open_clip_spike.train.safety.PREEMPTED_EXIT: a checkpoint was written on SIGTERM / SIGUSR1
+        raise DemoError(f'{desc} preempted: its checkpoint is written; rerun the same command to continue')
     if rc != 0:
         raise DemoError(f'{desc} failed (exit code {rc}); see {log_path}')
 

@@ -157,7 +157,8 @@ def test_checkpoint_write_errors_are_named(tmp_path, fault_log, error, message):
         raise error
 
     with pytest.raises(CheckpointWriteError) as e:
-        ResumeState().save(save, {'epoch': 2, 'name': 'x', 'state_dict': {}, 'optimizer': {}}, str(folder / 'epoch_2.pt'))
+        ResumeState().save(save, {'epoch': 2, 'name': 'x', 'state_dict': {}, 'optimizer': {}},
+                           str(folder / 'epoch_2.pt'))
     assert message.format(folder=folder) in str(e.value) and 'epoch_1.pt is intact' in str(e.value)
     assert sorted(p.name for p in folder.iterdir()) == ['epoch_1.pt']
     assert (folder / 'epoch_1.pt').read_bytes() == b'earlier'
