@@ -91,19 +91,22 @@ class TeacherFeatureCache:
         fingerprint: JSON-able dict of everything the features depend on besides the sample; must equal the
             one recorded in ``root/meta.json`` when the folder already holds a cache.
         rank: This process's rank (each rank writes its own shards and reads everyone's).
+        lock: Hold the folder (rank 0) until `close` or the process ends, so that no other process writes it
+            meanwhile (``spikeclip train`` does).
 
     Raises:
         StaleCacheError: ``root`` holds a cache with another fingerprint (or another format version).
-        FolderInUseError: another process uses ``root`` (rank 0 holds the folder's lock until `close`).
+        FolderInUseError: ``lock`` and another holder of the folder's lock (a live process).
     """
 
-    def __init__(self, root: str, fingerprint: Dict[str, Any], rank: int = 0):
+    def __init__(self, root: str, fingerprint: Dict[str, Any], rank: int = 0, lock: bool = False):
         self.root = root
         self.rank = int(rank)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised (tuples -> lists)
         os.makedirs(root, exist_ok=True)
         # one run writes a cache folder at a time (every rank of that run shares it): a second run is refused
-        self._lock = FolderLock(root, 'run using this teacher-feature cache').acquire() if self.rank == 0 else None
+        self._lock = FolderLock(root, 'run using this teacher-feature cache').acquire() \
+            if lock and self.rank == 0 else None
         try:
             self._check_meta()
         except BaseException:

@@ -169,7 +169,7 @@ class _Run:
         }
         try:
             rank = int(os.environ.get('RANK', 0))
-            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank)
+            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank, lock=True)
         except (StaleCacheError, FolderInUseError) as e:
             raise SpikeTrainError(f'--spike-teacher-cache: {e}' if isinstance(e, FolderInUseError) else str(e)) from e
         image = self.cfg.loss == 'dual' or self.cfg.image_weight > 0

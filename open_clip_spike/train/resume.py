@@ -328,7 +328,7 @@ class ResumeState:
                 path = self.save_step(model, optimizer, scaler, args, epoch, i, epoch_rng, get_rng_state())
                 policy.saved()
                 if preempted:
-                    raise Preempted(policy.handler.signame, path, epoch, i)
+                    raise Preempted(policy.handler.signame or 'another rank\'s signal', path, epoch, i)
 
             info.dataloader = StepLoader(loader, getattr(args, 'name', None), start=start, start_rng=start_rng,
                                          boundary=boundary, set_rng=set_rng_state, check_batch=self.check_batch)

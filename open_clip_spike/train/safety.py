@@ -140,7 +140,9 @@ class StepPolicy:
             or (self.every_seconds and time.monotonic() - self.last_save >= self.every_seconds))
         if torch.distributed.is_available() and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
-            flags = torch.tensor([int(preempted), int(bool(periodic))], dtype=torch.int32)
+            device = torch.device('cuda', torch.cuda.current_device()) \
+                if torch.distributed.get_backend() == 'nccl' else torch.device('cpu')  # NCCL reduces on the GPU
+            flags = torch.tensor([int(preempted), int(bool(periodic))], dtype=torch.int32, device=device)
             torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             preempted, periodic = bool(flags[0]), bool(flags[1])
         return bool(periodic) or preempted, preempted

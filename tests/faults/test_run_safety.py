@@ -58,12 +58,12 @@ def test_demo_folder_and_teacher_cache_are_held(tmp_path, capsys, fault_log):
     with FolderLock(str(out), 'spikeclip demo'):
         assert demo_main(['--quick', '--out', str(out), '--data', str(FASHION_MNIST), '--no-progress']) == 2
         _one_line_error(capsys, str(out), f'in use by process {os.getpid()}')
-    cache = TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'})
+    cache = TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}, lock=True)  # as spikeclip train opens it
     with pytest.raises(FolderInUseError, match=f'in use by process {os.getpid()}'):
-        TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'})
-    TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}, rank=1)  # the same run's other ranks share it
+        TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}, lock=True)
+    TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}, rank=1, lock=True)  # the run's other ranks
     cache.close()
-    TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}).close()
+    TeacherFeatureCache(str(tmp_path / 'cache'), {'teacher': 't'}, lock=True).close()
     fault_log.survived()
 
 
@@ -216,3 +216,28 @@ def test_torch_compiler_loggers_stay_quiet(monkeypatch, fault_log):
                 root.removeHandler(h)
         root.setLevel(level)
     fault_log.survived()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# When a mid-epoch checkpoint is written
+
+def test_step_policy_steps_minutes_and_signals(monkeypatch):
+    from open_clip_spike.train import safety
+    now = [1000.0]
+    monkeypatch.setattr(safety.time, 'monotonic', lambda: now[0])
+    steps = safety.StepPolicy(every_steps=2)
+    assert [steps.decide(s, first=False) for s in (1, 2, 3, 4)] == [(False, False), (True, False)] * 2
+    assert steps.decide(4, first=True) == (False, False)  # the step a run (or epoch) starts at: nothing new
+    minutes = safety.StepPolicy(every_minutes=1.5)
+    now[0] += 89
+    assert minutes.decide(7, first=False) == (False, False)
+    now[0] += 1
+    assert minutes.decide(8, first=False) == (True, False)
+    minutes.saved()
+    assert minutes.decide(9, first=False) == (False, False)
+    with safety.PreemptionHandler() as handler:
+        policy = safety.StepPolicy(handler=handler)
+        assert policy.active and policy.decide(3, first=False) == (False, False)
+        os.kill(os.getpid(), __import__('signal').SIGTERM)  # handled: the process lives on, the flag is set
+        assert handler.signame == 'SIGTERM' and policy.decide(3, first=True) == (True, True)
+    assert not safety.StepPolicy().active
