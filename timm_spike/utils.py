@@ -113,7 +113,7 @@ _SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT, 'TERM': signal.SIGTERM
 def _parse_fault(spec: str) -> Tuple[str, int, str]:
     m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>[A-Z0-9]+))?', spec)
     if m is None or (m['how'] and m['how'].replace('GROUP', '') not in _SIGNALS):
-        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|TERM|USR1|KILLGROUP|INTGROUP]')
+        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP] (or TERM, USR1)')
     return m['point'], int(m['n'] or 1), m['how'] or 'KILL'
 
 
@@ -122,7 +122,8 @@ def fault_point(name: str) -> None:
 
     ``SPIKECLIP_FAULT=POINT[@N][:HOW]`` fires at the N-th time (default 1) this process reaches ``POINT``;
     HOW is KILL (SIGKILL to itself, the default), INT (SIGINT, as Ctrl-C), TERM or USR1 (a preemption, as SLURM
-    sends it), or KILLGROUP / INTGROUP... (to its whole process group, as a terminal does). Without the variable this is a dictionary lookup.
+    sends it), or KILLGROUP / INTGROUP (to its whole process group, as a terminal does). Without the variable
+    this is a dictionary lookup.
     """
     global _fault_spec
     spec = os.environ.get(FAULT_ENV)

@@ -19,8 +19,8 @@ from .data import tolerant_csv_patches
 from .resume import ResumeState
 from .safety import step_enumerate
 
-__all__ = ['UPSTREAM_VERSION', 'log_patches', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches',
-           'speed_patches', 'zero_shot_names']
+__all__ = ['UPSTREAM_VERSION', 'log_patches', 'patched_open_clip_train', 'patched_upstream_loop', 'quiet_torch_logs',
+           'resume_patches', 'speed_patches', 'zero_shot_names']
 
 _logger = logging.getLogger(__name__)
 
@@ -112,6 +112,13 @@ def log_patches() -> list:
     """Patches of open_clip_train's logging set-up."""
     import open_clip_train.main as oc_main
     return [(oc_main, 'setup_logging', _quiet_setup_logging(oc_main.setup_logging))]
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """Only `log_patches`, for a command that runs open_clip_train's ``main`` unpatched otherwise."""
+    with _applied(log_patches()):
+        yield
 
 
 def speed_patches() -> list:

@@ -170,17 +170,16 @@ def test_unwritable_logs_folder_is_refused_first(digits, tmp_path, capsys, monke
     _no_model(monkeypatch)
     logs = tmp_path / 'ro'
     logs.mkdir()
-    if os.access(logs, os.W_OK):  # as root a chmod does not stop writes: the refusal of the OS, as it comes
-        real_open = os.open
-
-        def ro_open(path, *a, **k):
-            if str(path).startswith(str(logs)):
-                raise PermissionError(errno.EACCES, 'Permission denied', str(path))
-            return real_open(path, *a, **k)
-        monkeypatch.setattr(os, 'makedirs', lambda p, *a, **k: (_ for _ in ()).throw(
-            PermissionError(errno.EACCES, 'Permission denied', str(p))) if str(p).startswith(str(logs)) else None)
-        monkeypatch.setattr(os, 'open', ro_open)
     logs.chmod(0o555)
+    if os.access(logs, os.W_OK):  # as root a chmod does not stop writes: the refusal of the OS, as it comes
+        def refusing(real):
+            def call(path, *a, **k):
+                if str(path).startswith(str(logs)):
+                    raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+                return real(path, *a, **k)
+            return call
+        monkeypatch.setattr(os, 'makedirs', refusing(os.makedirs))
+        monkeypatch.setattr(os, 'open', refusing(os.open))
     try:
         assert spike_train.main(train_cmd(digits, logs, 'run')[3:]) == 2
     finally:
