@@ -32,12 +32,15 @@ Energy-aware training (both stages): ``--spike-rate-weight W --spike-rate-target
 only rates above R count). Forward hooks on the student's neurons (`SpikeRateCollector`) put the differentiable
 per-layer rates into the output dict; open_clip_train logs ``rate_loss`` per step like the other terms.
 
-Interrupted runs: rerunning the same command continues from the last finished epoch and ends exactly where an
+Interrupted runs: rerunning the same command continues from the last checkpoint and ends exactly where an
 uninterrupted run ends (checkpoints carry the random state; see ``open_clip_spike.train.resume``); a run folder
 without a checkpoint (killed or failed in its first epoch) never blocks the rerun; another command for an existing
-``--name`` is refused with the differences listed. Paths and numbers are checked before any model is built.
+``--name`` is refused with the differences listed. Paths, numbers and training CSVs are checked before any model
+is built. A run holds its folder while it lives (a second run on the name is refused), and SIGTERM / SIGUSR1 make
+it write a mid-epoch checkpoint and exit with code 75 (``open_clip_spike.train.safety``); the rerun resumes from it
+exactly. The options are parsed in ``params.py``, the hooks on the models live in ``hooks.py``.
 
-Patches of open_clip_train 3.3.0 all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
+Patches of open_clip_train all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
 open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
 writes ``epoch_N.safetensors`` (the model weights only), which loads with
 ``open_clip.create_model_and_transforms(name, pretrained=<file>)`` without unpickling anything.
