@@ -1,15 +1,15 @@
 """Registration of the SpikeCLIP model configs with open_clip, and the one patch of open_clip it needs.
 
-Written for open_clip_torch 3.3.0. open_clip has no model-class registry: ``open_clip.create_model`` builds
-``CLIP``, or ``CustomTextCLIP`` when the config says ``"custom_text": true``, by looking the class up in
-``open_clip.factory``'s globals. The patch replaces that global ``CustomTextCLIP`` with a function that builds
-the class named by the config's ``"model_class"`` key (``"SpikeCLIP"``) and open_clip's own
-``CustomTextCLIP`` for every other config, so open_clip's factory, checkpoint loading (``pretrained=<file>``,
-``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged for SpikeCLIP configs. A SpikeCLIP config
-therefore needs both ``"custom_text": true`` (so open_clip takes the CustomTextCLIP branch) and
-``"model_class": "SpikeCLIP"``. The factory's ``load_state_dict`` global is also wrapped so that a
+The patch lives in ``open_clip_spike.patches``, under the upstream version it was written for. open_clip has no
+model-class registry: ``open_clip.create_model`` builds ``CLIP``, or ``CustomTextCLIP`` when the config says
+``"custom_text": true``, by looking the class up in ``open_clip.factory``'s globals. The patch replaces that
+global ``CustomTextCLIP`` with a function that builds the class named by the config's ``"model_class"`` key
+(``"SpikeCLIP"``) and open_clip's own ``CustomTextCLIP`` for every other config, so open_clip's factory,
+checkpoint loading (``pretrained=<file>``, ``hf-hub:``, ``local-dir:``), tokenizer and transforms work unchanged
+for SpikeCLIP configs. A SpikeCLIP config therefore needs both ``"custom_text": true`` (so open_clip takes the
+CustomTextCLIP branch) and ``"model_class": "SpikeCLIP"``. open_clip's file loader is also wrapped there so that a
 safetensors file carrying a digest (``timm_spike.integrity``: every weight file this project writes) is checked
-before open_clip loads it; files without one load as before.
+before open_clip loads it, and a SpikeCLIP config is checked before it is built (`check_model_config`).
 """
 import logging
 import os
@@ -18,11 +18,11 @@ from typing import Callable, Dict, List, Optional
 
 import open_clip
 import open_clip.factory as _oc_factory
-from open_clip.model import CustomTextCLIP
 
 from timm_spike.integrity import verifying_loader
 
 from .model import SpikeCLIP
+from .patches import patch_custom_text_clip
 
 __all__ = ['MODEL_CONFIG_DIR', 'MODEL_CLASSES', 'check_model_config', 'check_model_config_env',
            'list_spikeclip_models', 'register_model_configs']
@@ -33,24 +33,6 @@ MODEL_CONFIG_DIR = Path(__file__).parent / 'model_configs'
 
 # "model_class" value in a config -> the class that create_model builds for it.
 MODEL_CLASSES: Dict[str, Callable] = {'SpikeCLIP': SpikeCLIP}
-
-_PATCHED_FOR = '3.3.0'
-
-
-def _build_custom_text_model(**model_cfg):
-    """Stands in for ``open_clip.factory.CustomTextCLIP``: dispatch on the config's ``model_class``.
-
-    A SpikeCLIP config is checked first (`check_model_config`: types by key, size on the meta device), so a
-    config from a file cannot make the build take minutes and all the memory.
-    """
-    name = model_cfg.pop('model_class', None)
-    if name is None:
-        return CustomTextCLIP(**model_cfg)
-    if name not in MODEL_CLASSES:
-        raise ValueError(f'Unknown model_class {name!r} in the model config; known: {sorted(MODEL_CLASSES)}')
-    check_model_config(model_cfg, model_class=name)
-    return MODEL_CLASSES[name](**model_cfg)
-
 
 _reference_types = None
 _checked: Dict[str, object] = {}
@@ -94,21 +76,6 @@ def check_model_config(model_cfg: Dict, where: str = 'model config', model_class
     return result
 
 
-_build_custom_text_model.__name__ = 'CustomTextCLIP'  # create_model logs model_class.__name__
-
-
-def _patch_open_clip_factory() -> None:
-    if getattr(_oc_factory, 'CustomTextCLIP', None) is _build_custom_text_model:
-        return
-    if open_clip.__version__ != _PATCHED_FOR:
-        _logger.warning('open_clip_spike.factory was written for open_clip %s, found %s: if create_model fails on '
-                        "'model_class', the factory no longer looks up CustomTextCLIP by name",
-                        _PATCHED_FOR, open_clip.__version__)
-    _oc_factory.CustomTextCLIP = _build_custom_text_model
-    # open_clip's file loader (pretrained=<file>, local-dir:, hf-hub:) checks the digest a weight file records
-    _oc_factory.load_state_dict = verifying_loader(_oc_factory.load_state_dict)
-
-
 CONFIG_PATH_ENV = 'SPIKECLIP_MODEL_CONFIGS'  # extra config folders/files, os.pathsep-separated
 
 
@@ -129,7 +96,7 @@ def register_model_configs(strict: Optional[bool] = None) -> None:
     if strict is None:
         strict = _registered_once
     _registered_once = True
-    _patch_open_clip_factory()
+    patch_custom_text_clip(MODEL_CLASSES, check=check_model_config, wrap_loader=verifying_loader)
     if MODEL_CONFIG_DIR not in _oc_factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
     for extra in filter(None, os.environ.get(CONFIG_PATH_ENV, '').split(os.pathsep)):

@@ -39,6 +39,8 @@ from safetensors.torch import load_file, save
 from timm_spike._faults import fault_point
 from timm_spike.utils import atomic_write
 
+from .locking import FolderLock
+
 __all__ = ['TeacherFeatureCache', 'CachedTeacher', 'StaleCacheError', 'sample_keys', 'weights_digest']
 
 _logger = logging.getLogger(__name__)
@@ -90,17 +92,27 @@ class TeacherFeatureCache:
         fingerprint: JSON-able dict of everything the features depend on besides the sample; must equal the
             one recorded in ``root/meta.json`` when the folder already holds a cache.
         rank: This process's rank (each rank writes its own shards and reads everyone's).
+        lock: Hold the folder (rank 0) until `close` or the process ends, so that no other process writes it
+            meanwhile (``spikeclip train`` does).
 
     Raises:
         StaleCacheError: ``root`` holds a cache with another fingerprint (or another format version).
+        FolderInUseError: ``lock`` and another holder of the folder's lock (a live process).
     """
 
-    def __init__(self, root: str, fingerprint: Dict[str, Any], rank: int = 0):
+    def __init__(self, root: str, fingerprint: Dict[str, Any], rank: int = 0, lock: bool = False):
         self.root = root
         self.rank = int(rank)
         self.fingerprint = json.loads(json.dumps(fingerprint))  # normalised (tuples -> lists)
         os.makedirs(root, exist_ok=True)
-        self._check_meta()
+        # one run writes a cache folder at a time (every rank of that run shares it): a second run is refused
+        self._lock = FolderLock(root, 'run using this teacher-feature cache').acquire() \
+            if lock and self.rank == 0 else None
+        try:
+            self._check_meta()
+        except BaseException:
+            self.close()
+            raise
         self._index: Dict[str, Dict[bytes, Tuple[int, int]]] = {k: {} for k in KINDS}
         self._blocks: List[torch.Tensor] = []
         self._block_kinds: List[str] = []
@@ -271,6 +283,11 @@ class TeacherFeatureCache:
                 removed += 1
             self._written[kind] = []  # the merged shard is final
         return removed
+
+    def close(self) -> None:
+        """Release the folder for the next run (the kernel does it too when the process ends)."""
+        if self._lock is not None:
+            self._lock.release()
 
     def stats(self, reset: bool = False) -> Dict[str, Any]:
         """Samples found / computed since the last reset, and features held; ``reset`` zeroes the counters."""

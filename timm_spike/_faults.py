@@ -16,13 +16,13 @@ _logger = logging.getLogger(__name__)
 FAULT_ENV = 'SPIKECLIP_FAULT'
 _fault_hits: Dict[str, int] = {}
 _fault_spec: Tuple[Optional[str], Optional[Tuple[str, int, str]]] = (None, None)
-_SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT}
+_SIGNALS = {'KILL': signal.SIGKILL, 'INT': signal.SIGINT, 'TERM': signal.SIGTERM, 'USR1': signal.SIGUSR1}
 
 
 def _parse_fault(spec: str) -> Tuple[str, int, str]:
-    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>[A-Z]+))?', spec)
-    if m is None or (m['how'] and m['how'] not in ('KILL', 'INT', 'KILLGROUP', 'INTGROUP')):
-        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP]')
+    m = re.fullmatch(r'(?P<point>[^@]+?)(?:@(?P<n>\d+))?(?::(?P<how>[A-Z0-9]+))?', spec)
+    if m is None or (m['how'] and m['how'].replace('GROUP', '') not in _SIGNALS):
+        raise ValueError(f'${FAULT_ENV}={spec!r}: expected POINT[@N][:KILL|INT|KILLGROUP|INTGROUP] (or TERM, USR1)')
     return m['point'], int(m['n'] or 1), m['how'] or 'KILL'
 
 
@@ -30,7 +30,8 @@ def fault_point(name: str) -> None:
     """A named point where ``$SPIKECLIP_FAULT`` can make this process die, for the fault-injection tests.
 
     ``SPIKECLIP_FAULT=POINT[@N][:HOW]`` fires at the N-th time (default 1) this process reaches ``POINT``;
-    HOW is KILL (SIGKILL to itself, the default), INT (SIGINT, as Ctrl-C), or KILLGROUP / INTGROUP (to its whole
+    HOW is KILL (SIGKILL to itself, the default), INT (SIGINT, as Ctrl-C), TERM or USR1 (a preemption, as SLURM
+    sends it), or KILLGROUP / INTGROUP (to its whole
     process group, as a terminal does). Without the variable this is a dictionary lookup.
     """
     global _fault_spec

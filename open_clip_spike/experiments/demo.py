@@ -33,6 +33,8 @@ from tqdm import tqdm
 from timm_spike.energy.plot import save_figure
 from timm_spike.utils import atomic_path, atomic_write, bf16_is_native
 
+from open_clip_spike.locking import FolderInUseError, FolderLock
+
 __all__ = ['DemoConfig', 'run_demo', 'find_fashion_mnist', 'write_captioned_csv', 'bf16_is_native']
 
 _logger = logging.getLogger(__name__)
@@ -208,6 +210,8 @@ def _run_logged(entry: str, argv: List[str], log_path: str, desc: str, epochs: i
         rc = run_in_process(entry, argv, _StageOutput(log, bar, epochs))
     if rc == 130:
         raise KeyboardInterrupt
+    if rc == 75:  # open_clip_spike.train.safety.PREEMPTED_EXIT: a checkpoint was written on SIGTERM / SIGUSR1
+        raise DemoError(f'{desc} preempted: its checkpoint is written; rerun the same command to continue')
     if rc != 0:
         raise DemoError(f'{desc} failed (exit code {rc}); see {log_path}')
 
@@ -450,13 +454,21 @@ def run_demo(cfg: DemoConfig) -> Dict[str, Any]:
     previous = os.environ.get(LIF_IMPL_ENV)
     os.environ[LIF_IMPL_ENV] = cfg.lif_impl  # and any process a stage starts
     try:
-        with lif_impl(cfg.lif_impl):  # this process
+        # one demo per output folder at a time (the kernel releases the lock when the process ends)
+        with _locked_out(cfg.out), lif_impl(cfg.lif_impl):  # this process
             return _run_demo(cfg)
     finally:
         if previous is None:
             os.environ.pop(LIF_IMPL_ENV, None)
         else:
             os.environ[LIF_IMPL_ENV] = previous
+
+
+def _locked_out(out: str) -> FolderLock:
+    try:
+        return FolderLock(out, 'spikeclip demo').acquire()
+    except FolderInUseError as e:
+        raise DemoError(f'{e} (--out)') from None
 
 
 def _run_demo(cfg: DemoConfig) -> Dict[str, Any]:

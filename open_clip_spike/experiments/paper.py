@@ -297,7 +297,9 @@ def finetune_teacher(argv: Sequence[str]) -> int:
     run = Path(args.logs) / args.name
     if (run / 'out.log').exists() and args.resume != 'latest':
         raise PaperError(f'{run} exists: continue it with --resume latest, or pick a new --name')
-    rc = oc_main(rest)
+    from ..train.patches import quiet_torch_logs
+    with quiet_torch_logs():  # torch's compiler loggers stay at torch's levels, not open_clip_train's INFO
+        rc = oc_main(rest)
     if rc not in (None, 0):
         return 1
     if os.environ.get('RANK', '0') == '0':

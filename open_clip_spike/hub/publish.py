@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from timm_spike.utils import fault_point, remove_stale_temps, save_safetensors, temp_prefix
+from timm_spike._faults import fault_point
+from timm_spike.utils import remove_stale_temps, save_safetensors, temp_prefix
 
 from ..checkpoint import model_from_checkpoint, state_dict_for_safetensors
 from .card import model_card, zeroshot_rows

@@ -32,12 +32,15 @@ Energy-aware training (both stages): ``--spike-rate-weight W --spike-rate-target
 only rates above R count). Forward hooks on the student's neurons (`SpikeRateCollector`) put the differentiable
 per-layer rates into the output dict; open_clip_train logs ``rate_loss`` per step like the other terms.
 
-Interrupted runs: rerunning the same command continues from the last finished epoch and ends exactly where an
+Interrupted runs: rerunning the same command continues from the last checkpoint and ends exactly where an
 uninterrupted run ends (checkpoints carry the random state; see ``open_clip_spike.train.resume``); a run folder
 without a checkpoint (killed or failed in its first epoch) never blocks the rerun; another command for an existing
-``--name`` is refused with the differences listed. Paths and numbers are checked before any model is built.
+``--name`` is refused with the differences listed. Paths, numbers and training CSVs are checked before any model
+is built. A run holds its folder while it lives (a second run on the name is refused), and SIGTERM / SIGUSR1 make
+it write a mid-epoch checkpoint and exit with code 75 (``open_clip_spike.train.safety``); the rerun resumes from it
+exactly. The options are parsed in ``params.py``, the hooks on the models live in ``hooks.py``.
 
-Patches of open_clip_train 3.3.0 all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
+Patches of open_clip_train all live in ``open_clip_spike.train.patches``, each with its reason. Checkpoints:
 open_clip_train writes ``checkpoints/epoch_N.pt`` (a pickle, for ``--resume``); after the run this module also
 writes ``epoch_N.safetensors`` (the model weights only), which loads with
 ``open_clip.create_model_and_transforms(name, pretrained=<file>)`` without unpickling anything.
@@ -50,245 +53,35 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import open_clip
-from open_clip.factory import parse_model_name
 import torch
-import torch.nn.functional as F
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from torch import nn
 
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP model configs with open_clip)
-from open_clip_spike.loss import RATE_MODES, AlignmentLoss, DualLoss, SpikeRateCollector
+from open_clip_spike.locking import FolderInUseError
+from open_clip_spike.loss import AlignmentLoss, DualLoss, SpikeRateCollector
 from open_clip_spike.checkpoint import export_checkpoint
 from open_clip_spike.factory import check_model_config_env
-from open_clip_spike.torchscript import check_torchscript
 from open_clip_spike.teacher_cache import CachedTeacher, StaleCacheError, TeacherFeatureCache, weights_digest
-from open_clip_spike.zero_shot import resolve_classnames_templates as resolve_zero_shot_names
 from timm_spike.utils import bf16_is_native
 
-from .patches import UPSTREAM_VERSION, patched_open_clip_train
-from .resume import ResumeError, prepare_experiment
+from .hooks import CaptionLabeler, InputAdapter, Relabel, SwitchableTransform, pp_cfg
+from .params import (LOGS_ENV, SpikeTrainConfig, SpikeTrainError, resolve_classnames_templates, spike_parser,
+                     student_image_used, student_text_used, validate)
+from .patches import patched_open_clip_train, zero_shot_names
+from .data import BadImageCounter, DataCheckError
+from .resume import ResumeError, ResumeState, prepare_experiment
+from .safety import PREEMPTED_EXIT, Preempted, PreemptionHandler, RunFolderError, StepPolicy, hold_run_folder
 
-__all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'main',
+__all__ = ['CaptionLabeler', 'SpikeTrainConfig', 'SpikeTrainError', 'default_precision', 'main',
            'resolve_classnames_templates']
 
 _logger = logging.getLogger(__name__)
 
-LOGS_ENV = 'SPIKECLIP_LOGS'  # torchrun's parser takes --logs for its own --logs-specs, so offer this instead
-
-
-class SpikeTrainError(ValueError):
-    """Bad input to ``spikeclip train``; the message says what is wrong and what to do."""
-
-
-@dataclass
-class SpikeTrainConfig:
-    """The ``--spike-*`` options (everything else is open_clip_train's)."""
-    loss: str = 'align'
-    image_weight: float = 1.0
-    text_weight: float = 1.0
-    contrastive_weight: float = 0.0
-    kl_weight: float = 1.0
-    kl_temperature: float = 1.0
-    classnames: Optional[str] = None
-    templates: Optional[str] = None
-    logs: Optional[str] = None
-    model_configs: Tuple[str, ...] = ()
-    export_safetensors: bool = True
-    rate_weight: float = 0.0
-    rate_target: float = 0.0
-    rate_mode: str = 'squared'
-    teacher_cache: Optional[str] = None
-
-
-def _spike_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog='spikeclip train', add_help=False, allow_abbrev=False,
-        description='Train SpikeCLIP with open_clip_train; all other options are open_clip_train\'s (listed below).')
-    g = p.add_argument_group('SpikeCLIP options')
-    g.add_argument('--spike-loss', dest='loss', choices=('align', 'dual'), default='align',
-                   help='align: stage 1, distil both towers to the teacher; dual: stage 2, CE + KL with the text '
-                        'tower frozen (default: align)')
-    g.add_argument('--spike-image-weight', dest='image_weight', type=float, default=1.0,
-                   help='stage 1: weight of mean(1 - cos) on image features (default 1)')
-    g.add_argument('--spike-text-weight', dest='text_weight', type=float, default=1.0,
-                   help='stage 1: weight of mean(1 - cos) on text features (default 1)')
-    g.add_argument('--spike-contrastive-weight', dest='contrastive_weight', type=float, default=0.0,
-                   help='stage 1: weight of an extra CLIP contrastive loss on the student (default 0: off)')
-    g.add_argument('--kl-weight', dest='kl_weight', type=float, default=1.0,
-                   help='stage 2: lambda, weight of KL(teacher || student) (default 1)')
-    g.add_argument('--kl-temperature', dest='kl_temperature', type=float, default=1.0,
-                   help='stage 2: tau, temperature of the KL term (default 1)')
-    g.add_argument('--spike-classnames', dest='classnames', default=None,
-                   help='stage 2 and zero-shot: a built-in class-name set (e.g. cifar10, fashion_mnist) or a '
-                        'text file with one class name per line')
-    g.add_argument('--spike-templates', dest='templates', default=None,
-                   help='prompt templates with {} for the class name: a built-in set or a file, one per line '
-                        '(default: the set named like --spike-classnames, else "a photo of a {}.")')
-    g.add_argument('--spike-logs', dest='logs', default=None,
-                   help=f'where runs are written (open_clip_train\'s --logs, which torchrun cannot pass on); '
-                        f'also ${LOGS_ENV}')
-    g.add_argument('--spike-model-config', dest='model_configs', action='append', default=[],
-                   help='an extra open_clip model config JSON file or folder to register (repeatable)')
-    g.add_argument('--spike-rate-weight', dest='rate_weight', type=float, default=0.0,
-                   help='both stages: weight of the firing-rate regulariser rate_loss, W x mean over the '
-                        'student\'s neuron layers of (rate - target)^2 (default 0: off)')
-    g.add_argument('--spike-rate-target', dest='rate_target', type=float, default=0.0,
-                   help='target firing rate of the regulariser, spikes per neuron per step in [0, 1] (default 0)')
-    g.add_argument('--spike-rate-mode', dest='rate_mode', choices=RATE_MODES, default='squared',
-                   help='squared: pull every layer\'s rate to the target; hinge: penalise only rates above it')
-    g.add_argument('--spike-teacher-cache', dest='teacher_cache', default=None, metavar='DIR',
-                   help='keep the teacher\'s features per sample in DIR (safetensors shards): the first epoch '
-                        'computes them, later epochs and runs skip the teacher. Training images then get the '
-                        'validation preprocessing (no augmentation), which the per-sample keys need; a cache made '
-                        'for another teacher, preprocessing or precision is refused')
-    g.add_argument('--no-export-safetensors', dest='export_safetensors', action='store_false',
-                   help='do not write epoch_N.safetensors next to open_clip_train\'s epoch_N.pt')
-    return p
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Class names, templates, labels
-
-def resolve_classnames_templates(
-        classnames: Optional[str], templates: Optional[str]) -> Tuple[Optional[List[str]], List[str]]:
-    """Class names and templates of ``--spike-classnames`` / ``--spike-templates``, by the rule every command
-    follows (``open_clip_spike.zero_shot.resolve_classnames_templates``); no class names in stage 1."""
-    try:
-        if classnames:
-            return resolve_zero_shot_names(classnames, templates)
-        return None, resolve_zero_shot_names(['class'], templates)[1]
-    except (ValueError, OSError) as e:
-        raise SpikeTrainError(f'--spike-classnames / --spike-templates: {e}') from e
-
-
-class CaptionLabeler:
-    """Maps tokenized captions to class indices: a caption is a class name or a template filled with one.
-
-    A lookup table keyed by the token ids (not by strings: open_clip_train hands the model tokens only).
-
-    Args:
-        tokenizer: The tokenizer the training data is tokenized with.
-        classnames: The class names, in label order.
-        templates: Templates with ``{}`` for the class name.
-    """
-
-    def __init__(self, tokenizer: Any, classnames: Sequence[str], templates: Sequence[str]):
-        texts, idx = [], []
-        for i, name in enumerate(classnames):
-            for text in dict.fromkeys([name] + [t.format(name) for t in templates]):
-                texts.append(text)
-                idx.append(i)
-        self.table: Dict[Tuple[int, ...], int] = {}
-        for text, row, i in zip(texts, tokenizer(texts).tolist(), idx):
-            prev = self.table.setdefault(tuple(row), i)
-            if prev != i:
-                raise SpikeTrainError(
-                    f'caption {text!r} tokenizes like a caption of class {classnames[prev]!r} (duplicate class '
-                    f'names, or prompts cut by the context length); labels would be ambiguous')
-        self.tokenizer = tokenizer
-        self.classnames = list(classnames)
-
-    def __call__(self, text: torch.Tensor) -> torch.Tensor:
-        labels = [self.table.get(tuple(row), -1) for row in text.tolist()]
-        if -1 in labels:
-            row = text[labels.index(-1)].tolist()
-            decode = getattr(self.tokenizer, 'decode', None)
-            shown = decode([t for t in row if t]) if callable(decode) else row
-            raise SpikeTrainError(
-                f'{labels.count(-1)} caption(s) in the batch match no class, e.g. {shown!r}: in stage 2 every '
-                f'caption must be a class name of --spike-classnames or a --spike-templates prompt of one '
-                f'(classes: {self.classnames[:5]}{"..." if len(self.classnames) > 5 else ""})')
-        return torch.tensor(labels, dtype=torch.long, device=text.device)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Input adaptation between data, student and teacher
-
-class _SwitchableTransform:
-    """The transform main() got for the student; replaced by the teacher's when data is loaded at its size."""
-
-    def __init__(self, transform: Any):
-        self.transform = transform
-
-    def __call__(self, x: Any) -> Any:
-        return self.transform(x)
-
-    def __repr__(self) -> str:
-        return repr(self.transform)
-
-
-def _pp_cfg(model: nn.Module) -> Dict[str, Any]:
-    cfg = dict(open_clip.get_model_preprocess_cfg(model))
-    size = cfg.get('size', 224)
-    cfg['size'] = (size, size) if isinstance(size, int) else tuple(size)
-    return cfg
-
-
-class _InputAdapter:
-    """Forward pre-/post-hook pair that fits the loop's batch to one model.
-
-    Resizes and renormalises images from the data's preprocessing to the model's, pads tokens to the model's
-    context length, optionally drops the text (stage 2, where text features are unused) and adds ``labels``
-    derived from the captions to the output dict.
-    """
-
-    def __init__(self, model: nn.Module, drop_text: str = 'never'):
-        cfg = _pp_cfg(model)
-        self.size = cfg['size']
-        self.mean = torch.tensor(cfg.get('mean', open_clip.OPENAI_DATASET_MEAN)).view(1, -1, 1, 1)
-        self.std = torch.tensor(cfg.get('std', open_clip.OPENAI_DATASET_STD)).view(1, -1, 1, 1)
-        self.data_mean, self.data_std = self.mean, self.std
-        self.context_length: Optional[int] = None
-        self.drop_text = drop_text  # 'never' | 'train' (only in training mode) | 'always'
-        self.labeler: Optional[CaptionLabeler] = None
-        self._labels: Optional[torch.Tensor] = None
-
-    def set_data_norm(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        self.data_mean, self.data_std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-
-    def attach(self, model: nn.Module) -> None:
-        model.register_forward_pre_hook(self.pre, with_kwargs=True)
-        model.register_forward_hook(self.post)
-
-    def adapt_image(self, image: torch.Tensor) -> torch.Tensor:
-        if not (torch.equal(self.mean, self.data_mean) and torch.equal(self.std, self.data_std)):
-            dev, dt = image.device, image.dtype
-            raw = image * self.data_std.to(dev, dt) + self.data_mean.to(dev, dt)
-            image = (raw - self.mean.to(dev, dt)) / self.std.to(dev, dt)
-        if tuple(image.shape[-2:]) != self.size:
-            image = F.interpolate(image, size=self.size, mode='bilinear', align_corners=False, antialias=True)
-        return image
-
-    def adapt_text(self, text: torch.Tensor) -> torch.Tensor:
-        if self.context_length is not None and text.shape[-1] < self.context_length:
-            text = F.pad(text, (0, self.context_length - text.shape[-1]))  # CLIP BPE pads with token 0
-        return text
-
-    def pre(self, module: nn.Module, args: tuple, kwargs: dict):
-        image = args[0] if len(args) > 0 else kwargs.get('image')
-        text = args[1] if len(args) > 1 else kwargs.get('text')
-        rest = {k: v for k, v in kwargs.items() if k not in ('image', 'text')}
-        self._labels = None
-        if text is not None and self.labeler is not None and module.training:
-            self._labels = self.labeler(text)  # only the training loop's loss needs them
-        if image is not None:
-            image = self.adapt_image(image)
-        if text is not None:
-            if self.drop_text == 'always' or (self.drop_text == 'train' and module.training):
-                text = None
-            else:
-                text = self.adapt_text(text)
-        return (), dict(rest, image=image, text=text)
-
-    def post(self, module: nn.Module, args: tuple, output: Any) -> Any:
-        if self._labels is not None and isinstance(output, dict):
-            output['labels'] = self._labels
-        self._labels = None
-        return output
+_InputAdapter = InputAdapter  # the name the tests and older code use
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -303,18 +96,9 @@ def _embed_dim(model: nn.Module, name: str) -> int:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        out = model.encode_image(torch.zeros(1, 3, *_pp_cfg(model)['size'], device=p.device, dtype=p.dtype))
+        out = model.encode_image(torch.zeros(1, 3, *pp_cfg(model)['size'], device=p.device, dtype=p.dtype))
     model.train(was_training)
     return out.shape[-1]
-
-
-def _student_text_used(cfg: SpikeTrainConfig) -> bool:
-    # text features enter the loss only in stage 1 with a text or a contrastive term
-    return cfg.loss == 'align' and (cfg.text_weight > 0 or cfg.contrastive_weight > 0)
-
-
-def _student_image_used(cfg: SpikeTrainConfig) -> bool:
-    return cfg.loss == 'dual' or cfg.image_weight > 0 or cfg.contrastive_weight > 0
 
 
 class _Run:
@@ -326,16 +110,22 @@ class _Run:
         self.classnames, self.templates = resolve_classnames_templates(cfg.classnames, cfg.templates)
         self.student: Optional[nn.Module] = None
         self.teacher: Optional[nn.Module] = None
-        self.student_adapter: Optional[_InputAdapter] = None
-        self.teacher_adapter: Optional[_InputAdapter] = None
-        self.transforms: Tuple[_SwitchableTransform, ...] = ()
+        self.student_adapter: Optional[InputAdapter] = None
+        self.teacher_adapter: Optional[InputAdapter] = None
+        self.transforms: Tuple[SwitchableTransform, ...] = ()
         self.args: Optional[argparse.Namespace] = None  # main()'s args, seen by create_loss
         self.rate_collector: Optional[SpikeRateCollector] = None
         self.cache: Optional[TeacherFeatureCache] = None
+        self.bad_images = BadImageCounter(cfg.max_bad_images)  # CSV samples whose image could not be read
+
+    def close(self) -> None:
+        """Release what the run holds beyond its lifetime in memory (the teacher cache's folder lock)."""
+        if self.cache is not None:
+            self.cache.close()
 
     @property
     def _student_text_used(self) -> bool:
-        return _student_text_used(self.cfg)
+        return student_text_used(self.cfg)
 
     @property
     def _teacher_text_used(self) -> bool:
@@ -346,19 +136,19 @@ class _Run:
         model, pp_train, pp_val = open_clip.create_model_and_transforms(*args, **kwargs)
         if self.student is None:
             self.student = model
-            self.student_adapter = _InputAdapter(model, drop_text='never' if self._student_text_used else 'train')
+            self.student_adapter = InputAdapter(model, drop_text='never' if self._student_text_used else 'train')
             self.student_adapter.attach(model)
             if self.cfg.rate_weight > 0:  # differentiable firing rates into the output dict, for rate_loss
                 try:
                     self.rate_collector = SpikeRateCollector(model)
                 except ValueError as e:
                     raise SpikeTrainError(f'--spike-rate-weight: {e}') from e
-            self.transforms = (_SwitchableTransform(pp_train), _SwitchableTransform(pp_val))
+            self.transforms = (SwitchableTransform(pp_train), SwitchableTransform(pp_val))
             return model, self.transforms[0], self.transforms[1]
         self.teacher = model
         model.requires_grad_(False)  # upstream leaves the teacher trainable (and DDP-wraps it)
         self._check_teacher()
-        self.teacher_adapter = _InputAdapter(model, drop_text='never' if self._teacher_text_used else 'always')
+        self.teacher_adapter = InputAdapter(model, drop_text='never' if self._teacher_text_used else 'always')
         self.teacher_adapter.attach(model)
         self._set_up_inputs()
         if self.cfg.teacher_cache:
@@ -382,9 +172,9 @@ class _Run:
         }
         try:
             rank = int(os.environ.get('RANK', 0))
-            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank)
-        except StaleCacheError as e:
-            raise SpikeTrainError(str(e)) from e
+            self.cache = TeacherFeatureCache(self.cfg.teacher_cache, fingerprint, rank=rank, lock=True)
+        except (StaleCacheError, FolderInUseError) as e:
+            raise SpikeTrainError(f'--spike-teacher-cache: {e}' if isinstance(e, FolderInUseError) else str(e)) from e
         image = self.cfg.loss == 'dual' or self.cfg.image_weight > 0
         _logger.info(f'teacher-feature cache {self.cfg.teacher_cache}: {self.cache.stats()["entries"]} features '
                      f'cached; training images are not augmented')
@@ -401,7 +191,7 @@ class _Run:
 
     def _set_up_inputs(self) -> None:
         a = self.oc_args
-        s_cfg, t_cfg = _pp_cfg(self.student), _pp_cfg(self.teacher)
+        s_cfg, t_cfg = pp_cfg(self.student), pp_cfg(self.teacher)
         s_area, t_area = s_cfg['size'][0] * s_cfg['size'][1], t_cfg['size'][0] * t_cfg['size'][1]
         src = self.teacher_adapter if t_area > s_area else self.student_adapter
         if t_area > s_area:
@@ -454,7 +244,6 @@ class _Run:
 
     # open_clip_train.train.zero_shot_eval
     def zero_shot_eval(self, model, data, epoch, args, tokenizer=None):
-        import open_clip_train.zero_shot as zs
         if self.classnames is None or 'imagenet-val' not in data:
             return self._upstream_zero_shot_eval(model, data, epoch, args, tokenizer=tokenizer)
         dataset = data['imagenet-val'].dataloader.dataset
@@ -463,20 +252,16 @@ class _Run:
         if set(folders) <= set(names):
             # folders named after (some of) the classes: relabel ImageFolder's sorted indices to class indices,
             # so the classifier always covers the full class set
-            dataset.target_transform = _Relabel([names.index(f) for f in folders])
+            dataset.target_transform = Relabel([names.index(f) for f in folders])
         elif len(folders) == len(names):
             pass  # folders sorted in class-name order (e.g. 0_tshirt, 1_trouser, ...)
         else:
             raise SpikeTrainError(
                 f'zero-shot folder {args.imagenet_val!r} has {len(folders)} class folders, --spike-classnames '
                 f'{len(names)} names; name the folders after the classes or sort them in class order')
-        saved = zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES
-        zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = ordered, self.templates
-        try:
+        with zero_shot_names(ordered, self.templates):
             results = self._upstream_zero_shot_eval(model, {'imagenet-val': data['imagenet-val']}, epoch, args,
                                                     tokenizer=tokenizer)
-        finally:
-            zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = saved
         return {k.replace('imagenet-zeroshot', 'zeroshot'): v for k, v in results.items()}
 
     _upstream_zero_shot_eval = None  # set by patched_open_clip_train
@@ -498,6 +283,9 @@ class _Run:
         record = {'epoch': epoch + 1, 'seconds': round(seconds, 3)}
         if self.cache is not None:
             record['teacher_cache'] = self.cache.stats(reset=True)  # this epoch's hits and misses
+        bad = self.bad_images.take_epoch()
+        if bad:
+            record['skipped_images'] = bad
         _logger.info(f'epoch {epoch + 1}: {seconds:.1f} s' + (
             f', teacher cache {record["teacher_cache"]}' if 'teacher_cache' in record else ''))
         base = os.path.dirname(getattr(args, 'checkpoint_path', '') or '')  # main()'s log_base_path
@@ -507,17 +295,6 @@ class _Run:
         return out
 
 
-class _Relabel:
-    """ImageFolder target_transform: folder index -> class index (a class, so DataLoader workers can pickle it)."""
-
-    def __init__(self, mapping: List[int]):
-        self.mapping = mapping
-
-    def __call__(self, target: int) -> int:
-        return self.mapping[target]
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Checkpoint export
 
 def _export_all(checkpoint_dir: str) -> List[str]:
@@ -532,80 +309,6 @@ def _export_all(checkpoint_dir: str) -> List[str]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Entry point
-
-def _known_model(name: str) -> bool:
-    return parse_model_name(name)[0] is not None or name in open_clip.list_models()
-
-
-def _validate(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
-    models = [m for m in open_clip.list_models() if m.startswith('SpikeCLIP')]
-    if not _known_model(a.model):
-        raise SpikeTrainError(f'unknown model {a.model!r}; SpikeCLIP models: {models} (any open_clip model name, '
-                              f'hf-hub:ORG/NAME or local-dir:PATH works; --spike-model-config adds a config)')
-    # open_clip_train catches a scripting error and trains unscripted without a word: say why, and refuse
-    if a.torchscript and (reason := check_torchscript(a.model)) is not None:
-        raise SpikeTrainError(f'--torchscript: {reason}; drop --torchscript (torch.compile is --torchcompile)')
-    if (a.distill_model is None) != (a.distill_pretrained is None) or a.distill_model is None:
-        raise SpikeTrainError(
-            'SpikeCLIP training distils from a teacher: give both --distill-model (an open_clip model, e.g. '
-            'ViT-B-16) and --distill-pretrained (a tag such as openai, or a checkpoint file)')
-    if not _known_model(a.distill_model):
-        raise SpikeTrainError(f'unknown teacher model {a.distill_model!r} (--distill-model): not an open_clip model')
-    if cfg.loss == 'dual' and cfg.classnames is None:
-        raise SpikeTrainError('stage 2 (--spike-loss dual) needs the class names of the dataset: pass '
-                              '--spike-classnames NAME_OR_FILE (captions must be those names or prompts of them)')
-    if cfg.loss == 'dual' and a.lock_text_unlocked_layers:
-        raise SpikeTrainError('stage 2 freezes the whole text tower (its class embeddings are computed once); '
-                              'drop --lock-text-unlocked-layers')
-    if cfg.rate_weight < 0:
-        raise SpikeTrainError(f'--spike-rate-weight must be >= 0, got {cfg.rate_weight}')
-    if not 0 <= cfg.rate_target <= 1:
-        raise SpikeTrainError(f'--spike-rate-target is a firing rate (spikes per neuron per step) in [0, 1], '
-                              f'got {cfg.rate_target}')
-    if cfg.teacher_cache and a.aug_cfg:
-        raise SpikeTrainError('--spike-teacher-cache keys the teacher\'s features by the exact preprocessed input, '
-                              'so training images are not augmented: drop --aug-cfg (or the cache)')
-    if a.accum_freq != 1:
-        raise SpikeTrainError('--accum-freq > 1 is not supported with distillation (open_clip_train asserts it)')
-    _validate_numbers_and_paths(cfg, a)
-
-
-def _looks_like_file(value: Optional[str]) -> bool:
-    """A --pretrained / --distill-pretrained value that names a file rather than a tag such as 'openai'."""
-    return bool(value) and (os.sep in value or value.endswith(('.pt', '.pth', '.bin', '.safetensors')))
-
-
-def _validate_numbers_and_paths(cfg: SpikeTrainConfig, a: argparse.Namespace) -> None:
-    """Numbers and paths, checked before any model is built (upstream finds a missing file only after both)."""
-    for flag, value, low in (('--epochs', a.epochs, 1), ('--batch-size', a.batch_size, 1), ('--workers', a.workers, 0)):
-        if value < low:
-            raise SpikeTrainError(f'{flag} must be >= {low}, got {value}')
-    for flag, value in (('--lr', a.lr), ('--wd', a.wd)):
-        if value is not None and not (value >= 0 and value != float('inf')):
-            raise SpikeTrainError(f'{flag} must be a finite number >= 0, got {value}')
-    if a.train_data is None and a.imagenet_val is None and a.val_data is None:
-        raise SpikeTrainError('no data: pass --train-data FILE (a CSV or webdataset shards)')
-    data_type = a.dataset_type
-    for flag, value in (('--train-data', a.train_data), ('--val-data', a.val_data)):
-        if value is None:
-            continue
-        if data_type == 'csv' or (data_type == 'auto' and value.endswith(('.csv', '.tsv'))):
-            if not os.path.isfile(value):
-                raise SpikeTrainError(f'{flag} {value!r}: no such file (a CSV with --csv-img-key and '
-                                      f'--csv-caption-key columns)')
-        elif data_type in ('webdataset', 'auto') and '{' not in value and '::' not in value \
-                and '://' not in value and not os.path.exists(value):
-            raise SpikeTrainError(f'{flag} {value!r}: no such file')
-    if a.imagenet_val is not None and not os.path.isdir(a.imagenet_val):
-        raise SpikeTrainError(f'--imagenet-val {a.imagenet_val!r}: no such folder (an ImageFolder of class folders)')
-    for flag, value in (('--distill-pretrained', a.distill_pretrained), ('--pretrained', a.pretrained)):
-        if _looks_like_file(value) and not os.path.isfile(value):
-            raise SpikeTrainError(f'{flag} {value!r}: no such file (a checkpoint file, or a pretrained tag such '
-                                  f'as openai)')
-    if cfg.teacher_cache and os.path.exists(cfg.teacher_cache) and not os.path.isdir(cfg.teacher_cache):
-        raise SpikeTrainError(f'--spike-teacher-cache {cfg.teacher_cache!r} is a file; it must be a folder')
-
-
 def default_precision(rest: List[str]) -> List[str]:
     """open_clip_train's options with ``--precision fp32`` put first when none is given and the run is on a CPU
     without native bf16: open_clip_train's default ``amp`` is bf16 autocast there, emulated and many times slower
@@ -627,7 +330,7 @@ def default_precision(rest: List[str]) -> List[str]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse the ``--spike-*`` options, hand the rest to open_clip_train and return an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _spike_parser()
+    parser = spike_parser()
     if '-h' in argv or '--help' in argv:
         parser.print_help()
         print('\nopen_clip_train options:')
@@ -653,9 +356,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         rest += ['--logs', logs]
     # A tower whose features no loss term uses is frozen (stage 2: the text tower, as in the paper): its weights
     # could not learn anything, and DDP refuses trainable parameters that get no gradient.
-    if not _student_text_used(cfg) and '--lock-text' not in rest:
+    if not student_text_used(cfg) and '--lock-text' not in rest:
         rest.append('--lock-text')
-    if not _student_image_used(cfg) and '--lock-image' not in rest:
+    if not student_image_used(cfg) and '--lock-image' not in rest:
         rest.append('--lock-image')
     rest = default_precision(rest)
     for path in cfg.model_configs:
@@ -666,18 +369,30 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from open_clip_train.main import main as open_clip_train_main
     from open_clip_train.params import parse_args
-    new_dir = None
+    new_dir, lock, run = None, None, None
+    handler = PreemptionHandler()
     try:
         oc_args = parse_args(rest)
-        _validate(cfg, oc_args)
+        validate(cfg, oc_args)
         run = _Run(cfg, oc_args)
+        if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none':
+            folder = os.path.join(oc_args.logs, oc_args.name)
+            new_dir = None if os.path.exists(folder) else folder  # made for the lock: removed if refused
+            lock = hold_run_folder(folder, 'spikeclip train')
         rest = prepare_experiment(argv, rest, oc_args.logs, oc_args.name, oc_args.resume)
         run.oc_args = oc_args = parse_args(rest)
         if oc_args.name and oc_args.logs and oc_args.logs.lower() != 'none' and oc_args.resume is None:
             new_dir = os.path.join(oc_args.logs, oc_args.name)  # a fresh attempt: removed if refused
-        with patched_open_clip_train(run):
+        state = ResumeState()
+        state.policy = StepPolicy(cfg.save_every_steps, cfg.save_every_minutes, handler)
+        state.check_batch = run.bad_images
+        with handler, patched_open_clip_train(run, state):
             rc = open_clip_train_main(rest)
-    except (SpikeTrainError, ResumeError) as e:
+    except Preempted as e:
+        _logger.warning(str(e))
+        print(f'spikeclip train: {e} (exit code {PREEMPTED_EXIT})', file=sys.stderr)
+        return PREEMPTED_EXIT
+    except (SpikeTrainError, ResumeError, RunFolderError, DataCheckError) as e:
         _logger.error(str(e))
         print(f'spikeclip train: error: {e}', file=sys.stderr)
         # A run refused before its first checkpoint leaves no experiment folder behind (a rerun with the same
@@ -687,9 +402,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(new_dir, ignore_errors=True)
         return 2
     except KeyboardInterrupt:
-        print('spikeclip train: interrupted; rerun the same command to continue from the last finished epoch',
+        print('spikeclip train: interrupted; rerun the same command to continue from the last checkpoint',
               file=sys.stderr)
         return 130
+    finally:
+        if run is not None:
+            run.close()
+        if lock is not None:
+            lock.release()
     if rc is not None and rc != 0:  # upstream returns -1 on some errors, after logging them
         return 1
     args = run.args

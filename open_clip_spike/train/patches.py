@@ -1,25 +1,29 @@
 """Every patch of open_clip_train that the SpikeCLIP integration needs, each with its reason.
 
-Written for open_clip_torch ``UPSTREAM_VERSION``; ``patched_open_clip_train`` applies them for one run and
-undoes them on exit.
+Written for open_clip_torch ``UPSTREAM_VERSION`` (the one constant of ``open_clip_spike.patches``, which also holds
+the library's patch of open_clip's factory); ``patched_open_clip_train`` applies them for one run and undoes them
+on exit. No upstream issue or pull request proposes to retire any of them yet, unless one is named at the patch.
 """
 import contextlib
 import functools
 import inspect
 import logging
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
-import open_clip
 import torch
 from torch import nn
 
-from .resume import ResumeState
+from open_clip_spike.patches import UPSTREAM_VERSION, check_upstream_version
 
-__all__ = ['UPSTREAM_VERSION', 'patched_open_clip_train', 'patched_upstream_loop', 'resume_patches', 'speed_patches']
+from .data import tolerant_csv_patches
+from .resume import ResumeState
+from .safety import step_enumerate
+
+__all__ = ['UPSTREAM_VERSION', 'log_patches', 'patched_open_clip_train', 'patched_upstream_loop', 'quiet_torch_logs',
+           'resume_patches', 'speed_patches', 'zero_shot_names']
 
 _logger = logging.getLogger(__name__)
 
-UPSTREAM_VERSION = '3.3.0'  # the open_clip_train version the patches below were written for
 
 
 class _CpuSafeDDP(torch.nn.parallel.DistributedDataParallel):
@@ -104,6 +108,19 @@ class _FusedAdamWOnCpu:
         return torch.optim.AdamW(groups, *args, **kwargs)
 
 
+def log_patches() -> list:
+    """Patches of open_clip_train's logging set-up."""
+    import open_clip_train.main as oc_main
+    return [(oc_main, 'setup_logging', _quiet_setup_logging(oc_main.setup_logging))]
+
+
+@contextlib.contextmanager
+def quiet_torch_logs():
+    """Only `log_patches`, for a command that runs open_clip_train's ``main`` unpatched otherwise."""
+    with _applied(log_patches()):
+        yield
+
+
 def speed_patches() -> list:
     """Patches that only make open_clip_train faster (same method, same results up to rounding)."""
     import open_clip_train.main as oc_main
@@ -113,7 +130,13 @@ def speed_patches() -> list:
 def resume_patches(state: ResumeState) -> list:
     """The patches behind exact resumption (``open_clip_spike.train.resume``): (module, attribute, value)."""
     import open_clip_train.main as oc_main
+    import open_clip_train.train as oc_train
+    state.torch_save = torch.save
     return [
+        # train_one_epoch numbers an epoch's steps with enumerate(dataloader) from 0; a run resumed mid-epoch
+        # skips the steps already trained on, so the count (and with it the learning-rate schedule and the logs)
+        # must start at the resumed step (a module global shadows the builtin for that module only).
+        (oc_train, 'enumerate', step_enumerate),
         # checkpoints hold no random state and torch.save writes them in place (a kill leaves a truncated file):
         # add the state and write through a temporary file (only upstream's checkpoint dicts are touched).
         (torch, 'save', functools.partial(state.save, torch.save)),
@@ -124,22 +147,63 @@ def resume_patches(state: ResumeState) -> list:
     ]
 
 
+_MISSING = object()
+
+
 @contextlib.contextmanager
 def _applied(patches: list):
-    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
+    saved = [(mod, name, getattr(mod, name, _MISSING)) for mod, name, _ in patches]
     try:
         for mod, name, value in patches:
             setattr(mod, name, value)
         yield
     finally:
         for mod, name, value in reversed(saved):
-            setattr(mod, name, value)
+            if value is _MISSING:
+                delattr(mod, name)
+            else:
+                setattr(mod, name, value)
 
 
 def _check_version() -> None:
-    if open_clip.__version__ != UPSTREAM_VERSION:
-        _logger.warning(f'open_clip_spike.train.patches patches open_clip_train {UPSTREAM_VERSION}; found '
-                        f'{open_clip.__version__}')
+    check_upstream_version('open_clip_spike.train.patches (open_clip_train)')
+
+
+_TORCH_LOGGERS = ('torch',)  # torch's own loggers: torch._dynamo, torch._inductor, torch.fx, torch._subclasses...
+
+
+def _quiet_setup_logging(setup_logging: Callable) -> Callable:
+    """open_clip_train's ``setup_logging`` that leaves torch's loggers at the levels torch gave them.
+
+    Upstream sets every logger that exists to the run's level (INFO), torch's compiler loggers included: a run
+    whose neuron compiles prints hundreds of lines of torch._dynamo / FakeTensor internals. torch sets its loggers
+    from ``$TORCH_LOGS`` (WARNING without it), so keeping torch's levels keeps what the user asked torch for.
+    """
+    def wrapped(log_file, level, include_host=False):
+        manager = logging.root.manager
+        saved = {n: lg.level for n, lg in list(manager.loggerDict.items())
+                 if isinstance(lg, logging.Logger) and n.split('.')[0] in _TORCH_LOGGERS}
+        setup_logging(log_file, level, include_host=include_host)
+        for n, lvl in saved.items():
+            logging.getLogger(n).setLevel(lvl)
+    return wrapped
+
+
+@contextlib.contextmanager
+def zero_shot_names(classnames: Sequence[str], templates: Sequence[str]):
+    """open_clip_train's zero-shot evaluation with the run's class names and templates.
+
+    Why: ``open_clip_train.zero_shot`` builds its classifier from its module globals ``IMAGENET_CLASSNAMES`` and
+    ``OPENAI_IMAGENET_TEMPLATES`` (ImageNet only); they are swapped for the evaluation and restored after it.
+    """
+    import open_clip_train.zero_shot as zs
+    _check_version()
+    saved = zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES
+    zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = list(classnames), list(templates)
+    try:
+        yield
+    finally:
+        zs.IMAGENET_CLASSNAMES, zs.OPENAI_IMAGENET_TEMPLATES = saved
 
 
 @contextlib.contextmanager
@@ -147,7 +211,7 @@ def patched_upstream_loop(state: ResumeState):
     """Only the resume (and speed) patches: open_clip_train's own loop and losses (the demo's ANN teacher)."""
     import open_clip_train.main as oc_main
     _check_version()
-    patches = resume_patches(state) + speed_patches() + [
+    patches = resume_patches(state) + speed_patches() + log_patches() + [
         # each epoch starts from the random state the previous one ended with (saved in the checkpoint).
         (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(oc_main.train_one_epoch)),
     ]
@@ -157,7 +221,7 @@ def patched_upstream_loop(state: ResumeState):
 
 @contextlib.contextmanager
 def patched_open_clip_train(run, state: Optional[ResumeState] = None):
-    """Every patch of open_clip_train (written for open_clip_torch 3.3.0) and why; undone on exit."""
+    """Every patch of open_clip_train (written for open_clip_torch ``UPSTREAM_VERSION``) and why; undone on exit."""
     import open_clip_train.main as oc_main
     import open_clip_train.train as oc_train
     import open_clip_train.zero_shot as oc_zero_shot
@@ -179,7 +243,9 @@ def patched_open_clip_train(run, state: Optional[ResumeState] = None):
         # per-epoch wall time (spike_epochs.jsonl) and the teacher-feature cache; inside it, each epoch starts
         # from the random state the previous one ended with (saved in the checkpoint: exact resumption).
         (oc_main, 'train_one_epoch', state.wrap_train_one_epoch(run.train_one_epoch)),
-    ] + resume_patches(state) + speed_patches()
+    ] + resume_patches(state) + speed_patches() + log_patches() + tolerant_csv_patches()
+    # a CSV image that cannot be read skips its sample (counted, up to --spike-max-bad-images) instead of ending
+    # the run, as open_clip_train's webdataset handlers skip theirs (open_clip_spike.train.data).
     import open_clip_train.data as oc_data
     if hasattr(oc_data, 'tar_file_expander'):  # only with webdataset installed
         # webdataset >= 1.0 ends each shard with an {} marker that upstream's group_by_keys_nothrow takes for

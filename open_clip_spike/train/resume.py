@@ -17,6 +17,14 @@ What this module adds, through the patches of ``open_clip_spike.train.patches``:
   tensors and numbers (loads with ``torch.load(weights_only=True)``). Every checkpoint is written to a temporary
   file and renamed, so a kill mid-write leaves the previous checkpoint intact (and the temporary file is removed
   by the next run).
+- **Mid-epoch checkpoints** (``checkpoints/step_latest.pt``, written by `ResumeState.save_step` on a preemption
+  signal or every N steps / minutes, see ``open_clip_spike.train.safety``) carry, besides upstream's keys with
+  ``epoch`` = the finished epochs, the random state the unfinished epoch started from, the state at the step
+  boundary and ``epoch_step``, the steps of that epoch already trained: the resumed run repeats the epoch's data
+  order, skips those steps and goes on exactly. The next epoch checkpoint removes it.
+- **Write errors are named.** A full disk or a folder that cannot be written while a checkpoint is written stops
+  the run with one line (``no space left on device``, ``permission denied: <folder>``); the temporary file is
+  removed and the earlier checkpoint stays intact.
 - **Latest readable checkpoint**: ``--resume latest`` takes the newest ``epoch_N.pt`` (or ``epoch_latest.pt``)
   that loads; an unreadable one is set aside as ``<name>.corrupt`` with a warning. Per-epoch records written after
   that checkpoint (``results.jsonl``, ``spike_epochs.jsonl``) are dropped, so the rerun writes them once.
@@ -25,7 +33,7 @@ What this module adds, through the patches of ``open_clip_spike.train.patches``:
   command is refused with the differences listed. A folder without any checkpoint (a run killed or failed in its
   first epoch) is an attempt with nothing to keep: it is removed and the run starts afresh.
 """
-import glob
+import errno
 import json
 import logging
 import os
@@ -37,20 +45,31 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from timm_spike.utils import atomic_write, fault_point, remove_stale_temps, temp_prefix
+from timm_spike._faults import fault_point
+from timm_spike.utils import atomic_write, remove_stale_temps, temp_prefix
 
-__all__ = ['COMMAND_FILE', 'ResumeError', 'ResumeState', 'get_rng_state', 'prepare_experiment', 'set_rng_state']
+from open_clip_spike.locking import LOCK_NAME
+
+from .safety import Preempted, StepLoader, StepPolicy
+
+__all__ = ['COMMAND_FILE', 'STEP_CHECKPOINT', 'CheckpointWriteError', 'ResumeError', 'ResumeState', 'get_rng_state',
+           'prepare_experiment', 'set_rng_state']
 
 _logger = logging.getLogger(__name__)
 
 COMMAND_FILE = 'spike_command.json'
 RESUME_KEY = 'spike_resume'
-_CKPT_RE = re.compile(r'^epoch_(\d+|latest)\.pt$')
+STEP_CHECKPOINT = 'step_latest.pt'  # the mid-epoch checkpoint
+_CKPT_RE = re.compile(r'^(?:epoch_(\d+|latest)|step_latest)\.pt$')
 _UPSTREAM_KEYS = {'epoch', 'name', 'state_dict', 'optimizer'}  # what open_clip_train's checkpoint dict holds
 
 
 class ResumeError(ValueError):
     """The run folder cannot be continued with this command; the message says what to do."""
+
+
+class CheckpointWriteError(ResumeError):
+    """A checkpoint could not be written (full disk, no permission); the earlier checkpoint is intact."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,12 +107,42 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 # Checkpoint files
 
 def _checkpoint_files(folder: str) -> List[str]:
-    """``epoch_latest.pt`` first (the most recent by definition), then ``epoch_N.pt`` from the highest N."""
+    """``step_latest.pt`` (mid-epoch) and ``epoch_latest.pt`` first (the most recent by definition), then
+    ``epoch_N.pt`` from the highest N."""
     if not os.path.isdir(folder):
         return []
     names = [n for n in os.listdir(folder) if _CKPT_RE.match(n)]
-    names.sort(key=lambda n: (n != 'epoch_latest.pt', -int(_CKPT_RE.match(n)[1]) if n != 'epoch_latest.pt' else 0))
+
+    def order(n: str):
+        epoch = _CKPT_RE.match(n)[1]
+        return (n != STEP_CHECKPOINT, n != 'epoch_latest.pt', -int(epoch) if epoch and epoch.isdigit() else 0)
+    names.sort(key=order)
     return [os.path.join(folder, n) for n in names]
+
+
+def _highest_epoch_file(folder: str) -> int:
+    return max([int(m[1]) for m in map(_CKPT_RE.match, os.listdir(folder)) if m and m[1] and m[1].isdigit()],
+               default=0)
+
+
+_WRITE_ERRORS = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded'}
+
+
+def _write_error(e: BaseException, path: str, tmp: str) -> Optional[str]:
+    """What stopped a checkpoint write, in a few words, or None for an error that is not about the disk."""
+    folder = os.path.dirname(path)
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRORS:
+        return _WRITE_ERRORS[e.errno]
+    if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f'permission denied: {folder}'
+    if isinstance(e, RuntimeError):  # torch's zip writer reports a short write as 'unexpected pos N vs M'
+        try:
+            st = os.statvfs(folder)
+            if st.f_bavail * st.f_frsize < 16 * 2 ** 20:
+                return 'no space left on device'
+        except OSError:
+            pass
+    return None
 
 
 def _load(path: str) -> Dict[str, Any]:
@@ -132,6 +181,11 @@ class ResumeState:
         self.loaded: Dict[str, Dict[str, Any]] = {}  # checkpoints read while picking the latest, by path
         self.steps_done = 0
         self.log_base: Optional[str] = None
+        self.epoch_step = 0  # steps of the unfinished epoch a mid-epoch checkpoint already trained on
+        self.step_rng: Optional[Dict[str, Any]] = None  # random state at that step boundary
+        self.policy = StepPolicy()  # when to write mid-epoch checkpoints (set by the command)
+        self.torch_save: Callable = torch.save  # the real torch.save (torch.save itself is patched during a run)
+        self.check_batch: Optional[Callable[[Any], bool]] = None  # sees every training batch (skipped images)
 
     # open_clip_train.main.get_latest_checkpoint
     def get_latest_checkpoint(self, path: str, remote: bool = False) -> Optional[str]:
@@ -144,6 +198,8 @@ class ResumeState:
         if os.path.exists(upstream_tmp):
             os.unlink(upstream_tmp)
         for ckpt_path in _checkpoint_files(folder):
+            if os.path.basename(ckpt_path) == STEP_CHECKPOINT and self._stale_step_checkpoint(ckpt_path, folder):
+                continue
             try:
                 ckpt = _load(ckpt_path)
             except Exception as e:  # noqa: BLE001 -- any unreadable file is set aside the same way
@@ -162,6 +218,19 @@ class ResumeState:
             return ckpt_path
         return None
 
+    def _stale_step_checkpoint(self, path: str, folder: str) -> bool:
+        """A mid-epoch checkpoint older than the newest epoch checkpoint (a kill between writing the epoch
+        checkpoint and removing it) is removed."""
+        try:
+            ckpt = _load(path)
+        except Exception:  # noqa: BLE001 -- set aside like any unreadable checkpoint, by the caller's loop
+            return False
+        if int(ckpt['epoch']) >= _highest_epoch_file(folder):
+            return False
+        os.unlink(path)
+        _logger.info(f'{path} is older than the newest epoch checkpoint: removed')
+        return True
+
     # open_clip_train.main.pt_load (its --resume loader)
     def pt_load(self, file_path: str, map_location: Any = None) -> Dict[str, Any]:
         ckpt = self.loaded.pop(file_path, None)
@@ -172,6 +241,8 @@ class ResumeState:
         if extra is not None:
             self.rng = extra['rng']
             self.steps_done = int(extra.get('step', 0))
+            self.epoch_step = int(extra.get('epoch_step', 0))
+            self.step_rng = extra.get('step_rng')
         return ckpt
 
     # torch.save while the run lasts: upstream's checkpoint dicts get the random state and an atomic write
@@ -179,18 +250,60 @@ class ResumeState:
         if not (isinstance(obj, dict) and _UPSTREAM_KEYS <= set(obj) and isinstance(f, (str, os.PathLike))):
             return upstream_save(obj, f, *args, **kwargs)
         if self.rng is not None:
-            obj = dict(obj, **{RESUME_KEY: {'rng': self.rng, 'epoch': int(obj['epoch']), 'step': self.steps_done}})
+            obj = dict(obj, **{RESUME_KEY: {'rng': self.rng, 'epoch': int(obj['epoch']), 'step': self.steps_done,
+                                            'epoch_step': 0}})
         path = os.fspath(f)
+        self._write(upstream_save, obj, path, *args, **kwargs)
+        step_ckpt = os.path.join(os.path.dirname(os.path.abspath(path)), STEP_CHECKPOINT)
+        if os.path.exists(step_ckpt):  # superseded by this epoch checkpoint
+            os.unlink(step_ckpt)
+
+    def _write(self, upstream_save: Callable, obj: Any, path: str, *args, **kwargs) -> None:
+        """Write through a temporary file and rename; a disk error becomes `CheckpointWriteError`."""
         folder, name = os.path.split(os.path.abspath(path))
-        remove_stale_temps(folder)
         tmp = os.path.join(folder, temp_prefix(name) + 'part')
         try:
+            remove_stale_temps(folder)
             upstream_save(obj, tmp, *args, **kwargs)
             fault_point('checkpoint.write')
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            what = _write_error(e, path, tmp)
+            if what is None:
+                raise
+            kept = [p for p in _checkpoint_files(folder) if os.path.abspath(p) != os.path.abspath(path)]
+            raise CheckpointWriteError(
+                f'cannot write the checkpoint {path}: {what}; ' + (
+                    f'the earlier checkpoint {os.path.basename(kept[0])} is intact: make room (or fix the '
+                    f'folder) and rerun the same command to continue' if kept else
+                    'make room (or fix the folder) and rerun the same command')) from None
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            try:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            except OSError:
+                pass
+
+    def save_step(self, model: Any, optimizer: Any, scaler: Any, args: Any, epoch: int, epoch_step: int,
+                  epoch_rng: Dict[str, Any], step_rng: Dict[str, Any]) -> Optional[str]:
+        """Write the mid-epoch checkpoint (rank 0; None on other ranks or without a checkpoint folder)."""
+        folder = getattr(args, 'checkpoint_path', None)
+        if not getattr(args, 'save_logs', False) or not folder:
+            return None
+        path = os.path.join(folder, STEP_CHECKPOINT)
+        if getattr(args, 'rank', 0) != 0:
+            return path
+        model = getattr(model, '_orig_mod', model)  # torch.compile'd: the original module, as upstream saves it
+        ckpt = {'epoch': epoch, 'name': args.name, 'state_dict': model.state_dict(),
+                'optimizer': optimizer.state_dict()}
+        if scaler is not None:
+            ckpt['scaler'] = scaler.state_dict()
+        steps = int(getattr(args, '_spike_steps_per_epoch', 0)) * epoch + epoch_step
+        ckpt[RESUME_KEY] = {'rng': epoch_rng, 'epoch': epoch, 'step': steps, 'epoch_step': epoch_step,
+                            'step_rng': step_rng}
+        self._write(self.torch_save, ckpt, path)
+        _logger.info(f'mid-epoch checkpoint {path}: epoch {epoch + 1}, step {epoch_step}')
+        return path
 
     def wrap_train_one_epoch(self, inner: Callable) -> Callable:
         """open_clip_train.main.train_one_epoch: each epoch starts from the random state its predecessor ended
@@ -198,9 +311,31 @@ class ResumeState:
         def train_one_epoch(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs):
             if self.rng is not None:
                 set_rng_state(self.rng)
+            epoch_rng = self.rng if self.rng is not None else get_rng_state()
+            start, start_rng = self.epoch_step, self.step_rng  # a mid-epoch checkpoint's steps, only this epoch
+            self.epoch_step, self.step_rng = 0, None
             info = data['train']
             loader = info.dataloader
-            info.dataloader = _FaultyLoader(loader, getattr(args, 'name', None))
+            n = loader.num_batches
+            args._spike_steps_per_epoch = n
+            policy = self.policy
+
+            def boundary(i: int) -> None:
+                if not policy.active:
+                    return
+                save, preempted = policy.decide(n * epoch + i, first=i == start)
+                if not save:
+                    return
+                path = self.save_step(model, optimizer, scaler, args, epoch, i, epoch_rng, get_rng_state())
+                policy.saved()
+                if preempted:
+                    raise Preempted(policy.handler.signame or 'another rank\'s signal', path, epoch, i)
+
+            info.dataloader = StepLoader(loader, getattr(args, 'name', None), start=start, start_rng=start_rng,
+                                         boundary=boundary, set_rng=set_rng_state, check_batch=self.check_batch)
+            if start:
+                _logger.info(f'epoch {epoch + 1}: resuming at step {start} of {n} (reading past the batches '
+                             f'already trained on)')
             try:
                 out = inner(model, data, loss, epoch, optimizer, scaler, scheduler, dist_model, args, **kwargs)
             finally:
@@ -209,28 +344,6 @@ class ResumeState:
             self.rng = get_rng_state()
             return out
         return train_one_epoch
-
-
-class _FaultyLoader:
-    """A data loader that passes every batch through ``fault_point('train.batch')`` and
-    ``fault_point('<run name>.batch')`` (no-ops outside tests)."""
-
-    def __init__(self, loader, name: Optional[str] = None):
-        self._loader = loader
-        self._name = name
-
-    def __iter__(self):
-        for batch in self._loader:
-            fault_point('train.batch')
-            if self._name:
-                fault_point(f'{self._name}.batch')
-            yield batch
-
-    def __len__(self):
-        return len(self._loader)
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,10 +388,13 @@ def prepare_experiment(command: List[str], run_argv: List[str], logs: Optional[s
         if resume == 'latest':
             raise ResumeError(f'--resume latest: {folder} holds no checkpoint to resume from (a run saves one '
                               f'after each finished epoch); drop --resume latest to start the run')
-        if os.path.isdir(folder) and rank0:
+        left = [n for n in os.listdir(folder) if n != LOCK_NAME] if os.path.isdir(folder) else []
+        if left and rank0:
             _logger.warning(f'{folder} holds no checkpoint (a run that stopped in its first epoch or failed): '
                             f'removed, starting afresh')
-            shutil.rmtree(folder)
+            for n in left:  # all but the lock this run holds on the folder
+                p = os.path.join(folder, n)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.unlink(p)
     else:
         recorded = None
         record_path = os.path.join(folder, COMMAND_FILE)

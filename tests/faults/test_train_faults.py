@@ -25,9 +25,11 @@ def _epoch_records(run: Path):
 
 
 def _last_epoch_losses(run: Path):
-    """Per-step losses of the last epoch from open_clip_train's log (a resumed run logs its epochs again)."""
+    """Per-step losses of the last epoch from open_clip_train's log (a resumed run logs its epochs, or the steps
+    after its mid-epoch checkpoint, again: the last line of each step counts)."""
     log = (run / 'out.log').read_text()
-    return re.findall(r'Train Epoch: 1 .* Loss: ([0-9.e+-]+) ', log)[-STEPS:]
+    steps = dict(re.findall(r'Train Epoch: 1 \[\s*(\d+)/.* Loss: ([0-9.e+-]+) ', log))
+    return [steps[k] for k in sorted(steps, key=int)]
 
 
 @pytest.fixture(scope='session')
@@ -119,4 +121,81 @@ def test_killed_while_teacher_cache_fills(digits, tmp_path, fault_log):
     assert first['hits']['image'] == 8 and first['misses']['image'] == 4  # the rerun used the kept batches
     assert litter(tmp_path) == []
     assert len(list((tmp_path / 'cache').glob('image-*'))) == 1  # the epoch's shards merged
+    fault_log.survived()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Preemption and mid-epoch checkpoints (open_clip_spike.train.safety)
+
+def test_preempted_run_checkpoints_and_resumes_exactly(digits, reference, tmp_path, fault_log):
+    """SIGUSR1 (SLURM's --signal) while batch 2 of the second epoch trains: the run writes a mid-epoch checkpoint
+    at the next step boundary and exits 75 with one line; the rerun resumes at that step and ends exactly where an
+    uninterrupted run ends (weights, per-step losses, records)."""
+    from open_clip_spike.train.safety import PREEMPTED_EXIT
+    fault_log.tried('USR1 at train.batch@5', 'spikeclip train: second epoch, batch 2 (preemption)')
+    cmd = train_cmd(digits, tmp_path, 'run', *EPOCHS)
+    run = tmp_path / 'run'
+    proc = run_cmd(cmd, fault='train.batch@5:USR1', fork=True)
+    assert proc.returncode == PREEMPTED_EXIT, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('spikeclip train: preempted (SIGUSR1)') and 'step 2' in last, last
+    assert 'Traceback' not in proc.stderr
+    ckpt = torch.load(run / 'checkpoints' / 'step_latest.pt', map_location='cpu', weights_only=True)
+    assert ckpt['epoch'] == 1 and ckpt['spike_resume']['epoch_step'] == 2 and ckpt['spike_resume']['step'] == 5
+    assert sorted(p.name for p in (run / 'checkpoints').glob('*.pt')) == ['epoch_1.pt', 'step_latest.pt']
+    _ok(run_here(cmd))
+    assert 'resuming at step 2 of 3' in (run / 'out.log').read_text()
+    assert not (run / 'checkpoints' / 'step_latest.pt').exists()  # replaced by epoch_2.pt
+    _check_same(run, reference)
+    fault_log.survived()
+
+
+def test_step_checkpoints_resume_exactly_after_a_kill(digits, reference, tmp_path, fault_log):
+    """--spike-save-every-steps 2, killed in the second epoch after its step-4 checkpoint: the rerun starts from
+    that checkpoint (not from epoch 1) and ends exactly where an uninterrupted run ends."""
+    fault_log.tried('KILL at train.batch@6', 'spikeclip train --spike-save-every-steps 2: second epoch, batch 3')
+    cmd = train_cmd(digits, tmp_path, 'run', *EPOCHS, '--spike-save-every-steps', '2')
+    run = tmp_path / 'run'
+    proc = run_cmd(cmd, fault='train.batch@6:KILL', fork=True)
+    assert killed(proc), proc.stderr[-3000:]
+    ckpt = torch.load(run / 'checkpoints' / 'step_latest.pt', map_location='cpu', weights_only=True)
+    assert ckpt['epoch'] == 1 and ckpt['spike_resume']['epoch_step'] == 1  # global step 4 = epoch 2, step 1
+    _ok(run_here(cmd))
+    assert 'resuming at step 1 of 3' in (run / 'out.log').read_text()
+    _check_same(run, reference)
+    fault_log.survived()
+
+
+def test_full_disk_while_checkpointing(digits, reference, tmp_path, fault_log, monkeypatch):
+    """The disk fills while epoch_2.pt is written (torch's zip writer then reports 'unexpected pos N vs M'): one
+    line saying so, exit 2, epoch_1.pt intact and no temporary file left; the rerun with room finishes exactly."""
+    import os
+    from collections import namedtuple
+    fault_log.tried('disk full while epoch_2.pt is written', 'spikeclip train, second epoch\'s checkpoint')
+    run = tmp_path / 'logs' / 'run'
+    shutil.copytree(reference, run)
+    for p in (run / 'checkpoints').glob('epoch_2.*'):
+        p.unlink()
+    cmd = train_cmd(digits, tmp_path / 'logs', 'run', *EPOCHS, '--resume', 'latest')
+    real_save, real_statvfs = torch.save, os.statvfs
+    full = {'on': True}
+
+    def save(obj, f, *a, **k):
+        if full['on'] and 'epoch_2' in str(f):
+            Path(f).write_bytes(b'PK' * 100)  # a partial zip
+            raise RuntimeError('[enforce fail at inline_container.cc:664] . unexpected pos 37828032 vs 37827924')
+        return real_save(obj, f, *a, **k)
+
+    statvfs = namedtuple('statvfs', 'f_bavail f_frsize')
+    monkeypatch.setattr(torch, 'save', save)
+    monkeypatch.setattr(os, 'statvfs', lambda p: statvfs(0, 4096) if full['on'] else real_statvfs(p))
+    before = (run / 'checkpoints' / 'epoch_1.pt').read_bytes()
+    proc = run_here(cmd)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert 'no space left on device' in line and 'epoch_1.pt is intact' in line and 'Traceback' not in proc.stderr
+    assert (run / 'checkpoints' / 'epoch_1.pt').read_bytes() == before and litter(run) == []
+    full['on'] = False
+    _ok(run_here(cmd))
+    _check_same(run, reference)
     fault_log.survived()
