@@ -66,7 +66,7 @@ def check_max_time_steps(T: int, what: str = 'T') -> int:
 
 def check_finite(x: torch.Tensor, where: str = 'input', batch_dim: int = 0) -> torch.Tensor:
     """``x`` unchanged if every value is finite; else a ``ValueError`` naming the count, kinds and samples."""
-    if not check_finite_enabled() or not x.is_floating_point() or x.device.type == 'meta':
+    if not check_finite_enabled() or not x.is_floating_point() or x.device.type == 'meta' or _tracing():
         return x
     finite = torch.isfinite(x)
     if bool(finite.all()):
@@ -141,3 +141,9 @@ def check_state_dict_dtypes(model_state: Mapping[str, torch.Tensor], state_dict:
                      'model in the checkpoint\'s dtype')
         raise ValueError(f'{what} has tensors of another dtype than the model ({", ".join(sorted(kinds))}): {shown}. '
                          f'{hint}')
+
+
+def _tracing() -> bool:
+    # torch.compile, torch.export (and the exporters built on it, ONNX's included) trace with symbolic or fake
+    # tensors: a check on the values (all finite?) cannot be decided there and would break the graph.
+    return torch.compiler.is_compiling()
