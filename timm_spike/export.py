@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from .utils import atomic_path
 
-__all__ = ['MAX_BATCH', 'export_program', 'save_onnx', 'run_onnx', 'onnx_max_abs_diff', 'eager_outputs']
+__all__ = ['MAX_BATCH', 'example_input', 'export_program', 'save_onnx', 'run_onnx', 'onnx_max_abs_diff', 'eager_outputs']
 
 MAX_BATCH = 4096  # upper bound of the dynamic batch dimension (torch.export needs one; ONNX keeps it symbolic)
 
@@ -64,6 +64,16 @@ def _batch_shapes(args: Args, dynamic_batch: bool) -> Optional[Tuple[Dict[int, A
                          f'{[tuple(a.shape) for a in args]}); repeat the example or pass dynamic_batch=False')
     batch = torch.export.Dim('batch', min=1, max=MAX_BATCH)
     return tuple({0: batch} for _ in args)
+
+
+def example_input(model: nn.Module, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    """``batch`` images drawn from N(0, 1) (normalised pixels) of the model's ``pretrained_cfg['input_size']``."""
+    size = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size')
+    if size is None:
+        raise ValueError(f'{type(model).__name__} has no pretrained_cfg input_size; pass example inputs yourself')
+    p = next(model.parameters())
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, *size, generator=g).to(p.device, p.dtype)
 
 
 def export_program(model: nn.Module, args: Union[torch.Tensor, Sequence[torch.Tensor]],

@@ -23,6 +23,7 @@ COMMANDS = {
     'bench-cache': ('open_clip_spike.cli.bench_cache', 'epoch time of distillation with the teacher-feature cache vs without'),
     'clip-benchmark': ('open_clip_spike.cli.clip_benchmark', "clip_benchmark's CLI with the SpikeCLIP configs registered (eval in fp32; export-wds writes local datasets such as Fashion-MNIST)"),
     'export-nir': ('open_clip_spike.cli.export_nir', 'export a spiking tower to NIR (the neuromorphic exchange format) for other simulators and chips'),
+    'export-onnx': ('open_clip_spike.cli.export_onnx', 'export a spiking tower to ONNX (through torch.export) and check it with onnxruntime'),
 }
 
 
