@@ -19,6 +19,12 @@ from timm_spike.export import export_program, run_onnx
 TINY = 'SpikeCLIP-Tiny'
 
 
+@pytest.fixture
+def tiny_model():
+    """SpikeCLIP-Tiny at T=2 (the graphs unroll T steps per neuron layer: half the export time of its T=4)."""
+    return open_clip.create_model(TINY, T=2).eval()
+
+
 def test_tower_modules_are_encode_image_and_encode_text(calibrated_tiny_model, images):
     model = calibrated_tiny_model
     tokens = oexp.example_inputs(model, 'text', batch=2)
@@ -56,18 +62,13 @@ def test_both_towers_torch_export_and_compile_equal_eager(calibrated_tiny_model,
         model.encode_image(bad)
 
 
-def test_cli_writes_both_towers_that_onnxruntime_runs_like_eager(calibrated_tiny_model, images, tmp_path, capsys):
+def test_both_towers_onnx_run_by_onnxruntime_equal_eager(calibrated_tiny_model, images, tmp_path):
     model = calibrated_tiny_model
-    ckpt = tmp_path / 'tiny.safetensors'
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-    out = tmp_path / 'onnx' / 'tiny.onnx'
-    assert cli.main([TINY, '--checkpoint', str(ckpt), '--tower', 'both', '--normalize', '--out', str(out)]) == 0
-    printed = capsys.readouterr().out
-    paths = oexp.onnx_paths(out, 'both')
+    result = oexp.save_towers_onnx(model, tmp_path / 'onnx' / 'tiny.onnx', 'both', normalize=True)
+    paths = oexp.onnx_paths(tmp_path / 'onnx' / 'tiny.onnx', 'both')
+    assert {t: r['path'] for t, r in result.items()} == paths
+    assert all(r['max_abs_diff'] < 1e-5 for r in result.values()), result
     assert sorted(os.listdir(tmp_path / 'onnx')) == ['tiny.image.onnx', 'tiny.text.onnx']  # no temporary left
-    for tower in ('image', 'text'):
-        line = next(x for x in printed.splitlines() if x.startswith(f'{tower}: {paths[tower]}'))
-        assert float(line.rsplit('difference ', 1)[1].rstrip(')')) < 1e-5, line
     tokens = open_clip.get_tokenizer(TINY)(['a shirt', 'a shoe', 'a bag'])
     with torch.no_grad():
         want_img = model.encode_image(images, normalize=True)
@@ -81,6 +82,23 @@ def test_cli_writes_both_towers_that_onnxruntime_runs_like_eager(calibrated_tiny
     session = ort.InferenceSession(paths['image'], providers=['CPUExecutionProvider'])
     assert [i.name for i in session.get_inputs()] == ['image'] and session.get_inputs()[0].shape[1:] == [3, 32, 32]
     assert [o.name for o in session.get_outputs()] == ['image_features']
+
+
+def test_cli_exports_a_checkpoint_and_prints_the_difference(tmp_path, capsys):
+    torch.manual_seed(3)
+    model = open_clip.create_model(TINY).eval()
+    ckpt = tmp_path / 'tiny.safetensors'
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+    out = tmp_path / 'text.onnx'
+    assert cli.main([TINY, '--checkpoint', str(ckpt), '--tower', 'text', '--out', str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f'text: {out} (onnxruntime vs eager PyTorch on a check batch of 2: max abs difference ')
+    assert float(line.rsplit('difference ', 1)[1].rstrip(')')) < 1e-5, line
+    tokens = open_clip.get_tokenizer(TINY)(['a shirt', 'a shoe', 'a bag'])
+    with torch.no_grad():
+        want = model.encode_text(tokens)  # the checkpoint's weights, not the command's fresh random ones
+    torch.testing.assert_close(run_onnx(out, tokens)[0], want, rtol=1e-4, atol=1e-5)
+    assert sorted(os.listdir(tmp_path)) == ['text.onnx', 'tiny.safetensors']
 
 
 @pytest.mark.parametrize('args,message', [

@@ -59,8 +59,8 @@ def test_plain_torch_export_in_eval_mode_needs_no_helper():
 def test_torch_compile_fullgraph_equals_eager():
     # aot_eager: dynamo must capture the whole network in one graph (what fullgraph=True asserts) and AOT autograd
     # functionalise it; inductor's code generation for it runs in the hosts' sweep (minutes on two cores).
-    model = firing_model('qkformer_4_384')
-    x = torch.randn(2, 3, 32, 32)
+    model = firing_model('sew_resnet18_cifar')  # the SpikeCLIP-Tiny towers (Spikingformer) compile in
+    x = torch.randn(2, 3, 32, 32)  # tests/open_clip_spike/test_export.py
     compiled = torch.compile(model, fullgraph=True, backend='aot_eager')
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-6)
