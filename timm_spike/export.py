@@ -13,9 +13,10 @@ layer is unrolled (T steps of charge, fire and reset), every call starts from th
 are float masks, so any runtime of ordinary tensor ops runs it (no SNN runtime needed). T is part of the graph: a
 model exported at T=4 runs 4 steps.
 
-The input guards (``timm_spike.layers.guards``) run in eager mode only: a check on the values (non-finite pixels)
-cannot be decided while tracing with symbolic tensors, so an exported graph takes NaN images without a word.
-Shape and dtype checks happen while tracing and fix the graph's input signature.
+The input guards (``timm_spike.layers.guards``) check values in eager mode only: whether every pixel is finite
+cannot be decided while tracing with symbolic tensors, so an exported graph computes on NaN images without a word
+(check inputs before calling a runtime). Shape and dtype checks run while tracing: a wrongly timed or integer
+example input is refused at export.
 """
 import os
 from contextlib import contextmanager

@@ -15,6 +15,8 @@ from .export_nir import _build, _load_checkpoint, _UsageError
 
 __all__ = ['main', 'export_model_to_onnx']
 
+MIN_OPSET = 18  # the oldest opset torch.onnx.export(dynamo=True) implements (older: a best-effort conversion)
+
 
 def export_model_to_onnx(model_name: str, out: str, checkpoint: Optional[str] = None, tower: Optional[str] = None,
                          normalize: bool = False, batch: int = 2, static_batch: bool = False,
@@ -29,6 +31,10 @@ def export_model_to_onnx(model_name: str, out: str, checkpoint: Optional[str] = 
     if batch < 2 and not static_batch:
         raise _UsageError('a dynamic batch needs a check batch of at least 2 (torch.export fixes a batch of 1); '
                           'pass --batch 2 or more, or --static-batch')
+    if opset is not None and opset < MIN_OPSET:
+        raise _UsageError(f'--opset {opset}: torch\'s ONNX exporter writes opset {MIN_OPSET} or later (an older one only '
+                          f'by a conversion that can fail and keep {MIN_OPSET}); pass {MIN_OPSET} or later, or leave it '
+                          f'out')
     if os.path.isdir(out):
         raise _UsageError(f'--out {out} is a folder; pass a file name such as {os.path.join(out, "model.onnx")}')
     for module in ('onnx', 'onnxscript', 'onnxruntime'):

@@ -107,6 +107,7 @@ def test_cli_exports_a_checkpoint_and_prints_the_difference(tmp_path, capsys):
     ([TINY, '--checkpoint', 'missing.safetensors'], 'Checkpoint not found'),
     ([TINY, '--batch', '1'], 'pass --batch 2 or more, or --static-batch'),
     ([TINY, '--batch', '0', '--static-batch'], '--batch must be >= 1'),
+    ([TINY, '--opset', '9'], '--opset 9: torch\'s ONNX exporter writes opset 18 or later'),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     out = tmp_path / 'm.onnx'
