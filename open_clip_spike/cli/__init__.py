@@ -27,6 +27,7 @@ COMMANDS = {
     'clip-benchmark': ('open_clip_spike.cli.clip_benchmark', "clip_benchmark's CLI with the SpikeCLIP configs registered (eval in fp32; export-wds writes local datasets such as Fashion-MNIST)"),
     'app': ('open_clip_spike.cli.app', "a local web page that classifies an image zero-shot with one SpikeCLIP and shows its spikes, operations and energy (pip install 'spikeclip[app]')"),
     'export-nir': ('open_clip_spike.cli.export_nir', 'export a spiking tower to NIR (the neuromorphic exchange format) for other simulators and chips'),
+    'export-onnx': ('open_clip_spike.cli.export_onnx', 'export a spiking tower to ONNX (through torch.export) and check it with onnxruntime'),
 }
 
 

@@ -160,11 +160,15 @@ _RECOMPILE_LIMIT = 64
 
 def _run(name: str, fn: Callable, *args):
     global _compile_failed
+    if torch.compiler.is_compiling():
+        # Inside torch.compile / torch.export (ONNX's exporter included): the caller's graph takes the plain
+        # loop in, unrolled over T; a nested compiled call cannot be traced (nor can the dispatch-mode query below).
+        return fn(*args)
     # Meta tensors (shape-only passes, e.g. MAC counting) and calls under a dispatch mode (op counters) run
     # eagerly: compiling fails there, and one failure would switch compiling off for the whole process.
     on_meta = any(isinstance(a, torch.Tensor) and a.is_meta for a in args)
     in_mode = _get_current_dispatch_mode() is not None
-    if fused_compile_enabled() and not on_meta and not in_mode and not torch.compiler.is_compiling():
+    if fused_compile_enabled() and not on_meta and not in_mode:
         # detach(): the kernels need no autograd tracking, and a detached tensor is not a view, so dynamo
         # guards on the tensor's own layout rather than on its base's (which would recompile per caller).
         args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)

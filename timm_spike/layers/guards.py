@@ -8,7 +8,10 @@ into a ``ValueError`` that says what and where.
 - `check_image`: floating point only (fp16 / bf16 / fp64 images are converted to the model's dtype; integer and
   bool images are refused: they need the model's preprocessing, which scales and normalises them), finite values
   (NaN / inf refused with their count and the samples holding them; ``set_check_finite(False)`` or
-  ``TIMM_SPIKE_CHECK_FINITE=0`` turns this off), and a 5-D input's time dimension equal to the model's T.
+  ``TIMM_SPIKE_CHECK_FINITE=0`` turns this off), and a 5-D input's time dimension equal to the model's T. The
+  finite-value check runs in eager mode only: ``torch.compile`` and ``torch.export`` (ONNX's exporter included)
+  trace with symbolic tensors, where a data-dependent check cannot be decided, so it is left out of their graphs;
+  the shape and dtype checks run while tracing.
 - `check_max_time_steps`: T at most ``MAX_TIME_STEPS`` (1024), checked before anything is allocated (a T of 10**6
   otherwise runs for a minute before the allocator gives up). Direct encoding repeats the image T times, so
   memory and time grow linearly with T; the paper uses T = 4.
@@ -65,8 +68,11 @@ def check_max_time_steps(T: int, what: str = 'T') -> int:
 
 
 def check_finite(x: torch.Tensor, where: str = 'input', batch_dim: int = 0) -> torch.Tensor:
-    """``x`` unchanged if every value is finite; else a ``ValueError`` naming the count, kinds and samples."""
-    if not check_finite_enabled() or not x.is_floating_point() or x.device.type == 'meta':
+    """``x`` unchanged if every value is finite; else a ``ValueError`` naming the count, kinds and samples.
+
+    Skipped while ``torch.compile`` / ``torch.export`` trace (see the module docstring).
+    """
+    if not check_finite_enabled() or not x.is_floating_point() or x.device.type == 'meta' or _tracing():
         return x
     finite = torch.isfinite(x)
     if bool(finite.all()):
@@ -141,3 +147,9 @@ def check_state_dict_dtypes(model_state: Mapping[str, torch.Tensor], state_dict:
                      'model in the checkpoint\'s dtype')
         raise ValueError(f'{what} has tensors of another dtype than the model ({", ".join(sorted(kinds))}): {shown}. '
                          f'{hint}')
+
+
+def _tracing() -> bool:
+    # torch.compile, torch.export (and the exporters built on it, ONNX's included) trace with symbolic or fake
+    # tensors: a check on the values (all finite?) cannot be decided there and would break the graph.
+    return torch.compiler.is_compiling()
