@@ -20,6 +20,9 @@ Python::
 Command line (Gradio is an optional extra: ``pip install 'spikeclip[app]'``)::
 
     spikeclip app --model local-dir:out/demo/hub          # http://127.0.0.1:7860
+
+One module, longer than the house's ~500 lines: the function and the page that shows it, with the input checks
+both share; Gradio is imported only by the page's functions.
 """
 import base64
 import io

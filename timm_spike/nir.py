@@ -26,6 +26,9 @@ module -> node mapping of Conv2d / Linear / LIF / AvgPool2d / Flatten, shape pro
 an exportable single-step view of the tower (the towers themselves run multi-step modules, direct-encoding
 hooks and a readout that FX and nirtorch cannot trace), the metadata, crash-safe writing, clear errors on bad
 files, and the step-by-step runners that record every layer's spikes for the comparison.
+
+One module, longer than the house's ~500 lines: export, the re-runs in spikingjelly and snnTorch and the checks
+that they agree form one round trip, read in that order.
 """
 import contextlib
 import copy

@@ -14,6 +14,8 @@ command, the demo ends with the weights and results of an uninterrupted run):
 5. energy of both (the student's firing rates measured on test images);
 6. the student published to a local Hub folder and loaded back through ``local-dir:`` (identical embeddings);
 7. ``OUT/summary.json`` + ``OUT/summary.png`` and a table.
+
+One module, longer than the house's ~500 lines: the demo's stages in the order they run, each a small function.
 """
 import io
 import json

@@ -17,6 +17,9 @@ open_clip's own ``push_to_hf_hub`` is not used: it swaps in a tokenizer that nee
 
 Downloading goes through ``hf_hub_download`` (so ``HF_HUB_OFFLINE=1`` loads from the cache) and refuses
 pickled weights (``.bin``/``.pt``/``.pth``) unless ``allow_pickle=True``.
+
+One module, longer than the house's ~500 lines: writing, pushing, downloading and loading one repository layout
+share its crash-safe swap and its checks (the layout itself is in ``files.py``, the card in ``card.py``).
 """
 import json
 import logging

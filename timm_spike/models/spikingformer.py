@@ -18,6 +18,9 @@ Where the two reference codes differ, this file follows Spikingformer and keeps 
   ``'real'``: MaxPool -> LIF, pooling the real-valued BN output (the SpikeCLIP code).
 - readout over time: the mean (Spikingformer) or a normalised learned weighting (``readout='weighted'``);
   the SpikeCLIP code's un-normalised weights, fixed to T=4, are not reproduced.
+
+One module, longer than the house's ~500 lines, as timm keeps a family: blocks, their inference forms, the model,
+the checkpoint filter, cfgs and registrations, read top to bottom.
 """
 import logging
 import re
