@@ -38,6 +38,51 @@ __attribute__((constructor)) static void init_byte_masks(void) {
     }
 }
 
+/* One LIF step over the K channels of one position: the potentials v advance with the input x; the channels that
+ * fire are listed in ids, or (map given) written as 0/1 bytes into map; returns how many fired. */
+static inline int32_t lif_row(const float *x, float *v, int64_t K, float tau, float v_threshold, float v_reset,
+                              int hard_reset, int decay_input, int32_t *ids, uint8_t *map) {
+    const float reset_value = hard_reset ? v_reset : 0.0f;
+    int32_t n = 0;
+    int64_t k = 0;
+#ifdef __AVX2__
+    const __m256 vr = _mm256_set1_ps(reset_value), vtau = _mm256_set1_ps(tau);
+    const __m256 vth = _mm256_set1_ps(v_threshold), vres = _mm256_set1_ps(v_reset);
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv = _mm256_loadu_ps(x + k), vv = _mm256_loadu_ps(v + k), h;
+        if (decay_input)
+            h = _mm256_add_ps(vv, _mm256_div_ps(_mm256_sub_ps(xv, _mm256_sub_ps(vv, vr)), vtau));
+        else
+            h = _mm256_add_ps(_mm256_sub_ps(vv, _mm256_div_ps(_mm256_sub_ps(vv, vr), vtau)), xv);
+        __m256 m = _mm256_cmp_ps(h, vth, _CMP_GE_OQ);
+        __m256 fired = hard_reset ? vres : _mm256_sub_ps(h, vth);
+        _mm256_storeu_ps(v + k, _mm256_blendv_ps(h, fired, m));
+        unsigned bits = (unsigned)_mm256_movemask_ps(m);
+        if (map) {  /* the byte map instead of the lists (a max-pool reads it) */
+            memcpy(map + k, &byte_masks[bits], 8);
+            n += __builtin_popcount(bits);
+            continue;
+        }
+        while (bits) {
+            ids[n++] = (int32_t)(k + __builtin_ctz(bits));
+            bits &= bits - 1;
+        }
+    }
+#endif
+    for (; k < K; k++) {
+        float vv = v[k], h = decay_input ? vv + (x[k] - (vv - reset_value)) / tau : vv - (vv - reset_value) / tau + x[k];
+        int spike = h >= v_threshold;
+        v[k] = spike ? (hard_reset ? v_reset : h - v_threshold) : h;
+        if (map) {
+            map[k] = (uint8_t)spike;
+            n += spike;
+        } else if (spike) {
+            ids[n++] = (int32_t)k;
+        }
+    }
+    return n;
+}
+
 /* LIF over T for every (p, k), writing the index lists of the spikes, or (map given) their byte map instead;
  * cnt gets the spike count of each row either way.
  * Each position keeps its K membrane potentials in v (K floats of scratch per thread) while t advances, so the
@@ -59,48 +104,9 @@ int64_t spike_lif_index(const float *u, int64_t t_stride, int64_t T, int64_t P, 
         for (int64_t p = 0; p < P; p++) {
             for (int64_t k = 0; k < K; k++) v[k] = reset_value;
             for (int64_t t = 0; t < T; t++) {
-                const float *x = u + t * t_stride + p * K;
                 int64_t row = t * P + p;
-                int32_t *out = idx + row * K;
-                uint8_t *mrow = map ? map + row * K : 0;
-                int32_t n = 0;
-                int64_t k = 0;
-#ifdef __AVX2__
-                const __m256 vr = _mm256_set1_ps(reset_value), vtau = _mm256_set1_ps(tau);
-                const __m256 vth = _mm256_set1_ps(v_threshold), vres = _mm256_set1_ps(v_reset);
-                for (; k + 8 <= K; k += 8) {
-                    __m256 xv = _mm256_loadu_ps(x + k), vv = _mm256_loadu_ps(v + k), h;
-                    if (decay_input)
-                        h = _mm256_add_ps(vv, _mm256_div_ps(_mm256_sub_ps(xv, _mm256_sub_ps(vv, vr)), vtau));
-                    else
-                        h = _mm256_add_ps(_mm256_sub_ps(vv, _mm256_div_ps(_mm256_sub_ps(vv, vr), vtau)), xv);
-                    __m256 m = _mm256_cmp_ps(h, vth, _CMP_GE_OQ);
-                    __m256 fired = hard_reset ? vres : _mm256_sub_ps(h, vth);
-                    _mm256_storeu_ps(v + k, _mm256_blendv_ps(h, fired, m));
-                    unsigned bits = (unsigned)_mm256_movemask_ps(m);
-                    if (mrow) {  /* the byte map instead of the lists (a max-pool reads it) */
-                        memcpy(mrow + k, &byte_masks[bits], 8);
-                        n += __builtin_popcount(bits);
-                        continue;
-                    }
-                    while (bits) {
-                        out[n++] = (int32_t)(k + __builtin_ctz(bits));
-                        bits &= bits - 1;
-                    }
-                }
-#endif
-                for (; k < K; k++) {
-                    float vv = v[k], h = decay_input ? vv + (x[k] - (vv - reset_value)) / tau
-                                                     : vv - (vv - reset_value) / tau + x[k];
-                    int spike = h >= v_threshold;
-                    v[k] = spike ? (hard_reset ? v_reset : h - v_threshold) : h;
-                    if (mrow) {
-                        mrow[k] = (uint8_t)spike;
-                        n += spike;
-                    } else if (spike) {
-                        out[n++] = (int32_t)k;
-                    }
-                }
+                int32_t n = lif_row(u + t * t_stride + p * K, v, K, tau, v_threshold, v_reset, hard_reset,
+                                    decay_input, idx ? idx + row * K : 0, map ? map + row * K : 0);
                 cnt[row] = n;
                 total += n;
             }
@@ -279,41 +285,6 @@ void spike_scatter3x3(const int32_t *idx, const int32_t *cnt, int64_t K, const f
     }
 }
 
-/* One LIF step over n channels of one position: v (potentials) advances with input x; the channels that fire
- * are listed in ids (returns their number). The same arithmetic as spike_lif_index. */
-static inline int32_t lif_step(const float *x, float *v, int64_t n, float tau, float v_threshold, float v_reset,
-                               int hard_reset, int decay_input, int32_t *ids) {
-    const float reset_value = hard_reset ? v_reset : 0.0f;
-    int32_t c = 0;
-    int64_t k = 0;
-#ifdef __AVX2__
-    const __m256 vr = _mm256_set1_ps(reset_value), vtau = _mm256_set1_ps(tau);
-    const __m256 vth = _mm256_set1_ps(v_threshold), vres = _mm256_set1_ps(v_reset);
-    for (; k + 8 <= n; k += 8) {
-        __m256 xv = _mm256_loadu_ps(x + k), vv = _mm256_loadu_ps(v + k), h;
-        if (decay_input)
-            h = _mm256_add_ps(vv, _mm256_div_ps(_mm256_sub_ps(xv, _mm256_sub_ps(vv, vr)), vtau));
-        else
-            h = _mm256_add_ps(_mm256_sub_ps(vv, _mm256_div_ps(_mm256_sub_ps(vv, vr), vtau)), xv);
-        __m256 m = _mm256_cmp_ps(h, vth, _CMP_GE_OQ);
-        __m256 fired = hard_reset ? vres : _mm256_sub_ps(h, vth);
-        _mm256_storeu_ps(v + k, _mm256_blendv_ps(h, fired, m));
-        unsigned bits = (unsigned)_mm256_movemask_ps(m);
-        while (bits) {
-            ids[c++] = (int32_t)(k + __builtin_ctz(bits));
-            bits &= bits - 1;
-        }
-    }
-#endif
-    for (; k < n; k++) {
-        float vv = v[k], h = decay_input ? vv + (x[k] - (vv - reset_value)) / tau : vv - (vv - reset_value) / tau + x[k];
-        int spike = h >= v_threshold;
-        v[k] = spike ? (hard_reset ? v_reset : h - v_threshold) : h;
-        if (spike) ids[c++] = (int32_t)k;
-    }
-    return c;
-}
-
 /* Sum of weight rows ids[0:n] (row length N) plus bias into out[0:N], 64 channels at a time in registers. */
 static inline void gather_row(const int32_t *ids, int32_t n, const float *w, const float *bias, float *out, int64_t N) {
     for (int64_t n0 = 0; n0 < N; n0 += 64) {
@@ -364,10 +335,10 @@ void spike_mlp(const float *u, int64_t t_stride, int64_t T, int64_t P, int64_t K
             for (int64_t k = 0; k < K; k++) v1[k] = r1;
             for (int64_t h = 0; h < H; h++) v2[h] = r2;
             for (int64_t t = 0; t < T; t++) {
-                int32_t n1 = lif_step(u + t * t_stride + p * K, v1, K, lif1[0], lif1[1], lif1[2], flags1[0],
-                                      flags1[1], ids1);
+                int32_t n1 = lif_row(u + t * t_stride + p * K, v1, K, lif1[0], lif1[1], lif1[2], flags1[0],
+                                     flags1[1], ids1, 0);
                 gather_row(ids1, n1, w1t, b1, hid, H);
-                int32_t n2 = lif_step(hid, v2, H, lif2[0], lif2[1], lif2[2], flags2[0], flags2[1], ids2);
+                int32_t n2 = lif_row(hid, v2, H, lif2[0], lif2[1], lif2[2], flags2[0], flags2[1], ids2, 0);
                 gather_row(ids2, n2, w2t, b2, out + (t * P + p) * N, N);
                 spikes1 += n1;
                 spikes2 += n2;
