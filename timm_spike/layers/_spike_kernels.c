@@ -154,22 +154,6 @@ int64_t spike_pool_index(const uint8_t *map, int64_t B, int64_t H, int64_t W, in
     return total;
 }
 
-/* Index lists of the non-zero entries of each row of a float matrix [P, K]. */
-int64_t spike_index(const float *x, int64_t P, int64_t K, int32_t *idx, int32_t *cnt, int nthreads) {
-    int64_t total = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+:total)
-    for (int64_t p = 0; p < P; p++) {
-        const float *row = x + p * K;
-        int32_t *out = idx + p * K;
-        int32_t n = 0;
-        for (int64_t k = 0; k < K; k++)
-            if (row[k] != 0.0f) out[n++] = (int32_t)k;
-        cnt[p] = n;
-        total += n;
-    }
-    return total;
-}
-
 /* acc[0:W] += sum of the weight rows ids[0:n] (row stride N), W a multiple of 8 known at compile time. */
 #define DEFINE_ACC(W)                                                                         \
     static inline void acc_##W(v8 *acc, const float *w, int64_t N, const int32_t *ids, int32_t n) { \

@@ -54,7 +54,7 @@ def _max_rate(kind: str, channels: int, pooled: bool = False) -> float:
     return SPARSE_MAX_RATE[kind]
 
 # A 3x3 convolution scatters from its inputs below this many active inputs per position, else gathers.
-_SCATTER_MAX_PER_POSITION = float(os.environ.get('TIMM_SPIKE_SCATTER_MAX', 2.0))
+_SCATTER_MAX_PER_POSITION = 2.0
 
 _SOURCE = Path(__file__).with_name('_spike_kernels.c')
 _CACHE_ENV = 'TIMM_SPIKE_CACHE'
@@ -92,8 +92,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.spike_lif_index.argtypes = [ptr, i64, i64, i64, i64, f32, f32, f32, i32, i32, ptr, ptr, ptr, ptr, i32]
     lib.spike_pool_index.restype = i64
     lib.spike_pool_index.argtypes = [ptr, i64, i64, i64, i64, i64, i64, ptr, ptr, ptr, i32]
-    lib.spike_index.restype = i64
-    lib.spike_index.argtypes = [ptr, i64, i64, ptr, ptr, i32]
     lib.spike_gather.restype = None
     lib.spike_gather.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i32, i32]
     lib.spike_mlp.restype = None

@@ -176,14 +176,16 @@ def _agreement(model, fused, tokenizer, ds, names, templates, batch_size, model_
     cls_sparse = build_classifier(fused, tokenizer, names, templates)
     counts = {}
     preds, feats, labels = {'dense': [], 'sparse': []}, {'dense': [], 'sparse': []}, []
-    for kernel, net, cls in (('dense', model, cls_dense), ('sparse', fused, cls_sparse)):
-        with spike_kernel(kernel if net is model else 'auto'), spike_counts(fused.visual) as counts['sparse']:
+    # the model as trained, dense; then its inference form under 'auto', counting the spikes of its layers
+    for kernel, net, cls, kernel_used in (('dense', model, cls_dense, 'dense'), ('sparse', fused, cls_sparse, 'auto')):
+        with spike_kernel(kernel_used), spike_counts(fused.visual) as counts[kernel]:
             for x, y in DataLoader(ds, batch_size=batch_size):
                 f = torch.nn.functional.normalize(net.encode_image(x).float(), dim=-1)
                 feats[kernel].append(f)
                 preds[kernel].append((f @ cls).argmax(1))
                 if kernel == 'dense':
                     labels.append(torch.as_tensor(y))
+    # the inference form's own dense path, for its spikes per layer (the model as trained has no such layers)
     with spike_kernel('dense'), spike_counts(fused.visual) as counts['fused_dense']:
         for x, _ in DataLoader(ds, batch_size=batch_size):
             fused.encode_image(x)
