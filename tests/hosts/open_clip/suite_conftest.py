@@ -32,8 +32,11 @@ import torch
 
 import open_clip
 import open_clip_spike  # noqa: F401  (registers the SpikeCLIP configs with open_clip)
+from timm_spike.utils import tune_allocator
 from open_clip_spike import list_spikeclip_models
 from open_clip_spike.train.main import default_precision
+
+tune_allocator()  # as the spikeclip commands run: glibc keeps freed tensor memory for reuse
 
 torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS') or max(1, min(2, os.cpu_count() or 1))))
 
@@ -130,9 +133,12 @@ def _replace_model(argv: List[str], model: str, variant: str, logs: Path) -> Lis
     argv += ['--logs', str(logs)]  # a fresh folder: open_clip_train refuses (and returns) on an existing run name
     if variant == GRAD_CHECKPOINTING:
         argv.append('--grad-checkpointing')
-    # The tests give no --precision, so open_clip_train trains under its default amp: bf16 autocast on a CPU,
-    # emulated where the CPU has no native bf16 (AVX2), 10-20x slower than fp32 for the convolutional towers. There,
-    # like `spikeclip train`, they run in fp32 (amp is tested by this project's own torchrun test).
+    # The tests give no --precision, so open_clip_train trains under its default amp: bf16 autocast on a CPU. That
+    # is 10-20x slower than fp32 for the spiking towers where bf16 is emulated (AVX2), and still about 10x slower
+    # with AVX512-BF16 (a SpikeCLIP-Spikingformer-4-384 step of batch 4: 16-46 s); the suite tests the loop, so on a
+    # CPU it runs in fp32 (amp is tested by this project's own torchrun test).
+    if '--precision' not in argv and not torch.cuda.is_available():
+        return ['--precision', 'fp32'] + argv
     return default_precision(argv)
 
 
