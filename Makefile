@@ -41,7 +41,7 @@ demo-quick: $(STAMP) data
 test: $(STAMP) browser
 	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
-# The hosts' own suites over everything this project registers (CI runs it after `test`; ~12 min on 2 cores):
+# The hosts' own suites over everything this project registers, and the export sweep (CI runs it after `test`; ~20 min on 2 cores):
 # timm's tests/test_models.py over all 22 models and open_clip's tests, training loop included, over every config.
 # `test` runs them on the SpikeCLIP towers and SpikeCLIP-Tiny only, to stay within its 10 minutes.
 test-hosts: $(STAMP)
