@@ -16,7 +16,7 @@ the size is extrapolated linearly (blocks of one stage are alike, so this is exa
 """
 import copy
 import os
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -58,23 +58,28 @@ def _type_name(v: Any) -> str:
     return 'null' if v is None else type(v).__name__
 
 
+def _nodes(cfg: Mapping[str, Any]) -> Iterator[Tuple[str, Any]]:
+    """(dotted key, value) of every node of a config, parents before children (list elements under ``KEY[]``)."""
+    def walk(node: Any, key: str):
+        yield key, node
+        t = _type_name(node)
+        if t == 'dict':
+            for k, v in node.items():
+                yield from walk(v, f'{key}.{k}' if key else str(k))
+        elif t == 'list':
+            for v in node:
+                yield from walk(v, f'{key}[]')
+
+    for k, v in cfg.items():
+        yield from walk(v, str(k))
+
+
 def config_types(configs: Iterable[Mapping[str, Any]]) -> Dict[str, Set[str]]:
     """The value types each dotted key has in reference configs (list elements under ``KEY[]``)."""
     types: Dict[str, Set[str]] = {}
-
-    def walk(node: Any, key: str):
-        t = _type_name(node)
-        types.setdefault(key, set()).add(t)
-        if t == 'dict':
-            for k, v in node.items():
-                walk(v, f'{key}.{k}' if key else str(k))
-        elif t == 'list':
-            for v in node:
-                walk(v, f'{key}[]')
-
     for cfg in configs:
-        for k, v in cfg.items():
-            walk(v, str(k))
+        for key, node in _nodes(cfg):
+            types.setdefault(key, set()).add(_type_name(node))
     return types
 
 
@@ -87,23 +92,13 @@ def check_types(cfg: Mapping[str, Any], reference: Mapping[str, Set[str]], where
     Only keys the reference gives numbers, booleans or lists are checked (an int stands for a float);
     keys it does not know pass (the model's own checks see them).
     """
-    def walk(node: Any, key: str):
+    for key, node in _nodes(cfg):
         expected = reference.get(key)
         t = _type_name(node)
         if expected and expected <= {'int', 'float', 'bool', 'list'}:  # keys the reference gives strings pass
-            ok = t in expected or (t == 'int' and 'float' in expected)
-            if not ok:
+            if not (t in expected or (t == 'int' and 'float' in expected)):
                 want = ' or '.join(_WORDS[e] for e in sorted(expected))
-                raise ConfigTypeError(f'{where}: {key} must be {want}, got {node!r} ({_type_name(node)})')
-        if t == 'dict':
-            for k, v in node.items():
-                walk(v, f'{key}.{k}' if key else str(k))
-        elif t == 'list':
-            for v in node:
-                walk(v, f'{key}[]')
-
-    for k, v in cfg.items():
-        walk(v, str(k))
+                raise ConfigTypeError(f'{where}: {key} must be {want}, got {node!r} ({t})')
 
 
 def size_limits(max_params: Optional[float] = None, max_activation_bytes: Optional[float] = None) -> Tuple[int, int]:

@@ -28,6 +28,16 @@ typedef float v8u __attribute__((vector_size(32), aligned(4)));
 #include <immintrin.h>
 #endif
 
+/* This OpenMP thread's number (0 without OpenMP): picks the thread's part of a scratch buffer. */
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    extern int omp_get_thread_num(void);
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* byte_masks[bits]: 8 bytes, byte j = bit j of bits */
 static uint64_t byte_masks[256];
 __attribute__((constructor)) static void init_byte_masks(void) {
@@ -94,11 +104,7 @@ int64_t spike_lif_index(const float *u, int64_t t_stride, int64_t T, int64_t P, 
     const float reset_value = hard_reset ? v_reset : 0.0f;
 #pragma omp parallel num_threads(nthreads) reduction(+:total)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        extern int omp_get_thread_num(void);
-        tid = omp_get_thread_num();
-#endif
+        int tid = thread_id();
         float *v = scratch + (int64_t)tid * K;
 #pragma omp for schedule(static)
         for (int64_t p = 0; p < P; p++) {
@@ -122,11 +128,7 @@ int64_t spike_pool_index(const uint8_t *map, int64_t B, int64_t H, int64_t W, in
     int64_t total = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+:total)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        extern int omp_get_thread_num(void);
-        tid = omp_get_thread_num();
-#endif
+        int tid = thread_id();
         uint8_t *any = scratch + (int64_t)tid * K;
 #pragma omp for schedule(static)
         for (int64_t by = 0; by < B * Ho; by++) {
@@ -302,11 +304,7 @@ void spike_mlp(const float *u, int64_t t_stride, int64_t T, int64_t P, int64_t K
     int64_t per_thread = K + 2 * H + K + H;  /* floats: v1, hidden currents, v2; int32 ids1, ids2 (same size) */
 #pragma omp parallel num_threads(nthreads) reduction(+:spikes1, spikes2)
     {
-        int tid = 0;
-#ifdef _OPENMP
-        extern int omp_get_thread_num(void);
-        tid = omp_get_thread_num();
-#endif
+        int tid = thread_id();
         float *v1 = scratch + (int64_t)tid * per_thread, *hid = v1 + K, *v2 = hid + H;
         int32_t *ids1 = (int32_t *)(v2 + H), *ids2 = ids1 + K;
         const float r1 = flags1[0] ? lif1[2] : 0.0f, r2 = flags2[0] ? lif2[2] : 0.0f;
